@@ -1,0 +1,30 @@
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { defineNitroConfig } from "nitropack/config";
+
+const vm2WorkerPath = fileURLToPath(new URL("./runtime/adapters/vm2/worker.mjs", import.meta.url));
+const WORKER_URL = /new URL\(\s*["']\.\/worker\.mjs["']\s*,\s*import\.meta\.url\s*\)/;
+
+export default defineNitroConfig({
+  compatibilityDate: "2026-11-01",
+  srcDir: "server",
+  imports: false,
+  // vm2 is loaded only by the worker script, which the bundler does not see: trace it explicitly.
+  externals: { traceInclude: [createRequire(import.meta.url).resolve("vm2")] },
+  rollupConfig: {
+    plugins: [
+      {
+        // The vm2 worker is a file of its own at run time: ship it beside the bundle and point the
+        // adapter at the copy.
+        name: "vm2-worker-asset",
+        transform(code: string, id: string) {
+          if (!id.endsWith("/runtime/adapters/vm2/index.ts") || !WORKER_URL.test(code)) return null;
+          this.emitFile({ type: "asset", fileName: "vm2-worker.mjs", source: readFileSync(vm2WorkerPath, "utf8") });
+          // In the bundle, Nitro makes `import.meta.url` the entry's URL (.output/server/index.mjs).
+          return { code: code.replace(WORKER_URL, 'new URL("./vm2-worker.mjs", import.meta.url)'), map: null };
+        },
+      },
+    ],
+  },
+});

@@ -1,0 +1,177 @@
+/**
+ * The core: deploy, read, delete, list and run workspaces over a store and sandbox adapters.
+ * Framework-free: `server/` turns its results and named errors into HTTP, and other h3 apps can
+ * embed it as it is.
+ */
+import { LRUCache } from "lru-cache";
+import type { WorkspaceStore } from "../storage/workspace-store.ts";
+import { workspaceIdProblem } from "../storage/keys.ts";
+import { notFound, validationError, type ValidationIssue } from "./errors.ts";
+import { compileWorkspace, nodeFunctions } from "./script.ts";
+import type { CompiledWorkspace, RunOutcome, SandboxAdapter, SyntaxProblem, WorkspaceSpec } from "./types.ts";
+import { parseWorkspaceSpec } from "./validate.ts";
+
+/** An adapter that can also check a body's syntax at deploy, without running it. */
+export type NodeSandboxAdapter = SandboxAdapter & { checkSyntax?(code: string): SyntaxProblem | undefined };
+
+export interface ServiceLogger {
+  info(message: string, fields?: Record<string, unknown>): void;
+  warn(message: string, fields?: Record<string, unknown>): void;
+  error(message: string, fields?: Record<string, unknown>): void;
+}
+
+export interface FunctionsServiceOptions {
+  store: WorkspaceStore<WorkspaceSpec>;
+  /** Runs `nodejs` functions. */
+  node: NodeSandboxAdapter;
+  /** Runs `python` functions; without it they fail with a clear error. */
+  python?: SandboxAdapter;
+  /** `FUNCTIONS_RUN_TIMEOUT`. @default 20_000 */
+  runTimeoutMs?: number;
+  /** `PYTHON_FUNCTIONS_RUN_TIMEOUT`. @default 20_000 */
+  pythonRunTimeoutMs?: number;
+  logger?: ServiceLogger;
+}
+
+export interface RunCallOptions {
+  signal?: AbortSignal;
+  /** Echoed in the service's log lines (`x-correlation-id`). */
+  correlationId?: string;
+}
+
+export type FunctionsService = ReturnType<typeof createFunctionsService>;
+
+const silentLogger: ServiceLogger = { info() {}, warn() {}, error() {} };
+
+function checkWorkspaceId(id: string): void {
+  const problem = workspaceIdProblem(id);
+  if (problem) throw validationError([{ path: "workspace", message: `workspace id ${problem}` }]);
+}
+
+/**
+ * @example
+ *   const service = createFunctionsService({ store, node: createVm2Adapter() })
+ *   await service.deploy("test", { functions: { hello: { code: "return 'hi ' + name", parameters: { name: {} } } } })
+ *   await service.run("test", "hello", { name: "you" }) // { ok: true, result: "hi you", logs: [], durationMs: 0.3 }
+ */
+export function createFunctionsService(options: FunctionsServiceOptions) {
+  const { store, node, python } = options;
+  const logger = options.logger ?? silentLogger;
+  const runTimeoutMs = options.runTimeoutMs ?? 20_000;
+  const pythonRunTimeoutMs = options.pythonRunTimeoutMs ?? 20_000;
+  /** Compiled workspaces by id; checked against the stored version on every run. */
+  const compiled = new LRUCache<string, CompiledWorkspace>({ max: 10_000 });
+  const loading = new Map<string, Promise<CompiledWorkspace | undefined>>();
+
+  function syntaxIssues(spec: WorkspaceSpec): ValidationIssue[] {
+    if (!node.checkSyntax) return [];
+    const issues: ValidationIssue[] = [];
+    for (const [name, fn] of nodeFunctions(spec)) {
+      const problem = node.checkSyntax(fn.code);
+      if (problem) issues.push({ path: `functions.${name}.code`, message: `${problem.message} (function '${name}', line ${problem.line})` });
+    }
+    return issues;
+  }
+
+  async function loadCompiled(id: string): Promise<CompiledWorkspace | undefined> {
+    const stored = await store.get(id);
+    if (!stored) return undefined;
+    const workspace = compileWorkspace(id, stored.version, stored.spec);
+    compiled.set(id, workspace);
+    return workspace;
+  }
+
+  /** The workspace as stored now: one small read when warm, a reload after a deploy anywhere. */
+  async function current(id: string): Promise<CompiledWorkspace | undefined> {
+    const version = await store.version(id);
+    if (version === undefined) {
+      compiled.delete(id);
+      return undefined;
+    }
+    const cached = compiled.get(id);
+    if (cached?.version === version) return cached;
+    let inFlight = loading.get(id);
+    if (!inFlight) {
+      inFlight = loadCompiled(id).finally(() => loading.delete(id));
+      loading.set(id, inFlight);
+    }
+    return inFlight;
+  }
+
+  return {
+    /** Validates and stores a workspace (full replace); answers the stored body. */
+    async deploy(id: string, body: unknown): Promise<WorkspaceSpec> {
+      checkWorkspaceId(id);
+      const spec = parseWorkspaceSpec(body);
+      const issues = syntaxIssues(spec);
+      if (issues.length > 0) throw validationError(issues);
+      const version = await store.put(id, spec, (v) => compileWorkspace(id, v, spec).script);
+      compiled.set(id, compileWorkspace(id, version, spec));
+      logger.info("Workspace deployed", { workspace: id, version, functions: Object.keys(spec.functions).length });
+      return spec;
+    },
+
+    async get(id: string): Promise<{ spec: WorkspaceSpec; version: string }> {
+      checkWorkspaceId(id);
+      const stored = await store.get(id);
+      if (!stored) throw notFound(`Workspace '${id}' not found`);
+      return { spec: stored.spec, version: stored.version };
+    },
+
+    async delete(id: string): Promise<void> {
+      checkWorkspaceId(id);
+      if (!(await store.delete(id))) throw notFound(`Workspace '${id}' not found`);
+      compiled.delete(id);
+      await Promise.all([node.unload(id), python?.unload(id)]);
+      logger.info("Workspace deleted", { workspace: id });
+    },
+
+    list(): Promise<string[]> {
+      return store.list();
+    },
+
+    /** Runs one function. Failures of the user's code come back as `{ ok: false }` outcomes. */
+    async run(id: string, functionName: string, parameters: Record<string, unknown> = {}, call: RunCallOptions = {}): Promise<RunOutcome> {
+      checkWorkspaceId(id);
+      const workspace = await current(id);
+      if (!workspace) throw notFound(`Workspace '${id}' not found`);
+      if (!Object.hasOwn(workspace.spec.functions, functionName)) throw notFound(`Function '${functionName}' not found in workspace '${id}'`);
+      const language = workspace.spec.functions[functionName].language ?? "nodejs";
+      const adapter = language === "python" ? python : node;
+      if (!adapter) {
+        return { ok: false, error: { kind: "upstream", name: "PythonApiError", message: "Python functions are not enabled on this service" }, logs: [], durationMs: 0 };
+      }
+      const timeoutMs = language === "python" ? pythonRunTimeoutMs : runTimeoutMs;
+      const outcome = await adapter.run({ workspace, functionName, parameters }, { timeoutMs, signal: call.signal });
+      if (!outcome.ok) {
+        logger.warn("Failed running function", {
+          workspace: id,
+          function: functionName,
+          error: outcome.error.name,
+          message: outcome.error.message,
+          correlationId: call.correlationId,
+        });
+      }
+      return outcome;
+    },
+
+    /** Rewrites every workspace's generated script from its `workspace.yaml` (`UPDATE_SCRIPTS_ON_STARTUP`). */
+    async refreshScripts(): Promise<number> {
+      let count = 0;
+      for (const id of await store.list()) {
+        const stored = await store.get(id);
+        if (!stored) continue;
+        const script = compileWorkspace(id, stored.version, stored.spec).script;
+        if ((await store.getScript(id)) !== script) {
+          await store.putScript(id, script);
+          count++;
+        }
+      }
+      return count;
+    },
+
+    async dispose(): Promise<void> {
+      await Promise.all([node.dispose(), python?.dispose()]);
+    },
+  };
+}
