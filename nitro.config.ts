@@ -9,6 +9,8 @@ const WORKER_URL = /new URL\(\s*["']\.\/worker\.mjs["']\s*,\s*import\.meta\.url\
 export default defineNitroConfig({
   compatibilityDate: "2026-11-01",
   srcDir: "server",
+  // Tests build into a directory of their own (FX_BUILD_DIR) so parallel builds never collide.
+  ...(process.env.FX_BUILD_DIR ? { buildDir: `${process.env.FX_BUILD_DIR}/.nitro`, output: { dir: process.env.FX_BUILD_DIR } } : {}),
   imports: false,
   // vm2 is loaded only by the worker script, which the bundler does not see: trace it explicitly.
   externals: { traceInclude: [createRequire(import.meta.url).resolve("vm2")] },

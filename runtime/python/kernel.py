@@ -406,6 +406,14 @@ def main():
 
     kernel = Kernel(config)
     _reset_io()
+    # One run end to end before saying ready: a memory limit too low for Python itself fails here
+    # (MemoryError -> EXIT_MEMORY), at start-up, instead of on every user run.
+    probe = {"workspace": "", "version": "", "function": "f", "functions": {"f": {"code": "return len(bytearray(1 << 22))"}}}
+    status, text = kernel.handle(probe)
+    if status != 200 or not json.loads(text)["ok"]:
+        print(f"python-api kernel: self-test failed: {text}", file=sys.__stderr__, flush=True)
+        os._exit(EXIT_MEMORY)
+    kernel.workspaces.clear()
 
     def send(status, text):
         proto_out.write(b"%d %s\n" % (status, text.encode()))
