@@ -1,10 +1,11 @@
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { defineNitroConfig } from "nitropack/config";
 
 const vm2WorkerPath = fileURLToPath(new URL("./runtime/adapters/vm2/worker.mjs", import.meta.url));
 const WORKER_URL = /new URL\(\s*["']\.\/worker\.mjs["']\s*,\s*import\.meta\.url\s*\)/;
+const pythonApiDir = fileURLToPath(new URL("./runtime/python/", import.meta.url));
 
 export default defineNitroConfig({
   compatibilityDate: "2026-11-01",
@@ -25,6 +26,18 @@ export default defineNitroConfig({
           this.emitFile({ type: "asset", fileName: "vm2-worker.mjs", source: readFileSync(vm2WorkerPath, "utf8") });
           // In the bundle, Nitro makes `import.meta.url` the entry's URL (.output/server/index.mjs).
           return { code: code.replace(WORKER_URL, 'new URL("./vm2-worker.mjs", import.meta.url)'), map: null };
+        },
+      },
+      {
+        // The bundled Python API is run by python3 from files: ship runtime/python/*.py (not its
+        // tests) as .output/server/python/, where `new URL("./python/", import.meta.url)` finds them.
+        name: "python-api-assets",
+        transform(_code: string, id: string) {
+          if (!id.endsWith("/runtime/python-process.ts")) return null;
+          for (const file of readdirSync(pythonApiDir).filter((name) => name.endsWith(".py") && !name.startsWith("test_"))) {
+            this.emitFile({ type: "asset", fileName: `python/${file}`, source: readFileSync(`${pythonApiDir}${file}`, "utf8") });
+          }
+          return null;
         },
       },
     ],

@@ -61,6 +61,7 @@ export function createFunctionsService(options: FunctionsServiceOptions) {
   const pythonRunTimeoutMs = options.pythonRunTimeoutMs ?? 20_000;
   /** Compiled workspaces by id; checked against the stored version on every run. */
   const compiled = new LRUCache<string, CompiledWorkspace>({ max: 10_000 });
+  /** Loads in flight, by id and the version that was seen when they started. */
   const loading = new Map<string, Promise<CompiledWorkspace | undefined>>();
 
   function syntaxIssues(spec: WorkspaceSpec): ValidationIssue[] {
@@ -81,19 +82,32 @@ export function createFunctionsService(options: FunctionsServiceOptions) {
     return workspace;
   }
 
-  /** The workspace as stored now: one small read when warm, a reload after a deploy anywhere. */
+  /** Forgets a workspace deleted through another instance, ending this instance's workers for it. */
+  async function forget(id: string): Promise<void> {
+    if (!compiled.delete(id)) return;
+    await Promise.all([node.unload(id), python?.unload(id)]);
+  }
+
+  /**
+   * The workspace as stored now: one small read when warm, a reload after a deploy anywhere.
+   * A cached entry always pairs a version with the spec hashing to it, so running it when the
+   * versions match runs exactly what is stored.
+   */
   async function current(id: string): Promise<CompiledWorkspace | undefined> {
     const version = await store.version(id);
     if (version === undefined) {
-      compiled.delete(id);
+      await forget(id);
       return undefined;
     }
     const cached = compiled.get(id);
     if (cached?.version === version) return cached;
-    let inFlight = loading.get(id);
+    // Join only a load that started after this version was seen: an older one may have read the
+    // spec before the deploy that wrote `version`, and would run stale code.
+    const key = `${id}\0${version}`;
+    let inFlight = loading.get(key);
     if (!inFlight) {
-      inFlight = loadCompiled(id).finally(() => loading.delete(id));
-      loading.set(id, inFlight);
+      inFlight = loadCompiled(id).finally(() => loading.delete(key));
+      loading.set(key, inFlight);
     }
     return inFlight;
   }
@@ -105,8 +119,12 @@ export function createFunctionsService(options: FunctionsServiceOptions) {
       const spec = parseWorkspaceSpec(body);
       const issues = syntaxIssues(spec);
       if (issues.length > 0) throw validationError(issues);
-      const version = await store.put(id, spec, (v) => compileWorkspace(id, v, spec).script);
-      compiled.set(id, compileWorkspace(id, version, spec));
+      // The store calls back with the spec it settled on, which is another deploy's when one
+      // through another instance finished later; the last call is what is stored.
+      let last: CompiledWorkspace | undefined;
+      const version = await store.put(id, spec, (v, stored) => (last = compileWorkspace(id, v, stored)).script);
+      if (version === undefined) compiled.delete(id);
+      else compiled.set(id, last!);
       logger.info("Workspace deployed", { workspace: id, version, functions: Object.keys(spec.functions).length });
       return spec;
     },
@@ -159,13 +177,7 @@ export function createFunctionsService(options: FunctionsServiceOptions) {
     async refreshScripts(): Promise<number> {
       let count = 0;
       for (const id of await store.list()) {
-        const stored = await store.get(id);
-        if (!stored) continue;
-        const script = compileWorkspace(id, stored.version, stored.spec).script;
-        if ((await store.getScript(id)) !== script) {
-          await store.putScript(id, script);
-          count++;
-        }
+        if (await store.refreshScript(id, (version, spec) => compileWorkspace(id, version, spec).script)) count++;
       }
       return count;
     },

@@ -3,10 +3,12 @@
  * generated script beside it, and a small `version` key that makes the warm-path check cheap.
  * Works over any unstorage `Storage`; nothing here assumes a filesystem.
  *
- * Each key is written atomically by the driver. A deploy writes the spec, then the script, then
- * the version: a reader that sees a new version finds the spec that goes with it. The version of
- * what a reader loads is always computed from the spec it read, so even two deploys racing through
- * different instances can never make anyone run a mix of two versions.
+ * Each key is written atomically by the driver, but no driver writes several keys at once. A write
+ * stores the spec, then the script and version derived from it, then reads the spec back and
+ * repeats until what it last derived matches the spec as stored. Two deploys racing through
+ * different instances can interleave their writes; because every writer ends with that check, the
+ * last one to finish leaves all three keys from one spec. Readers never see a mix either: the
+ * version of what they load is computed from the spec they read.
  */
 import type { Storage } from "unstorage";
 import { parse, stringify } from "yaml";
@@ -19,16 +21,27 @@ export interface StoredWorkspace<Spec> {
   version: string;
 }
 
+/** Generates the script stored beside a spec; called with the spec actually stored, which may be another writer's. */
+export type ScriptGenerator<Spec> = (version: string, spec: Spec) => string;
+
 export interface WorkspaceStore<Spec = unknown> {
-  /** Writes a workspace (spec, generated script, version) and returns its version. */
-  put(id: string, spec: Spec, script: (version: string) => string): Promise<string>;
+  /**
+   * Writes a workspace (spec, generated script, version). Answers the version stored once the
+   * writes settled: this spec's, another's when a concurrent deploy finished later, or undefined
+   * when a concurrent delete won.
+   */
+  put(id: string, spec: Spec, script: ScriptGenerator<Spec>): Promise<string | undefined>;
   get(id: string): Promise<StoredWorkspace<Spec> | undefined>;
   /** The stored version marker, one small read: what the warm path checks. */
   version(id: string): Promise<string | undefined>;
-  /** Rewrites the generated script of a workspace (`UPDATE_SCRIPTS_ON_STARTUP`). */
-  putScript(id: string, script: string): Promise<void>;
+  /**
+   * Regenerates the script and version from the stored spec (`UPDATE_SCRIPTS_ON_STARTUP`); safe
+   * while other instances do the same or deploy. Answers whether anything was rewritten.
+   */
+  refreshScript(id: string, script: ScriptGenerator<Spec>): Promise<boolean>;
   getScript(id: string): Promise<string | undefined>;
   delete(id: string): Promise<boolean>;
+  /** Ids of the stored workspaces; keys that are not `<valid id>:workspace.yaml` are ignored. */
   list(): Promise<string[]>;
   readonly storage: Storage;
 }
@@ -56,16 +69,27 @@ export function createWorkspaceStore<Spec = unknown>(storage: Storage): Workspac
     return typeof value === "string" ? value : new TextDecoder().decode(value as Uint8Array);
   }
 
+  /** Writes the script and version of `yaml`, then follows the stored spec until it stops changing. */
+  async function settle(id: string, yaml: string | undefined, script: ScriptGenerator<Spec>): Promise<string | undefined> {
+    let written: string | undefined;
+    while (yaml !== undefined) {
+      const version = await contentHash(yaml);
+      if (version === written) return version;
+      await storage.setItemRaw(keys.script(id), script(version, parse(yaml) as Spec));
+      await storage.setItemRaw(keys.version(id), version);
+      written = version;
+      yaml = await readText(keys.spec(id));
+    }
+    return undefined;
+  }
+
   return {
     storage,
     async put(id, spec, script) {
       assertId(id);
       const yaml = stringify(spec, { lineWidth: 0 });
-      const version = await contentHash(yaml);
       await storage.setItemRaw(keys.spec(id), yaml);
-      await storage.setItemRaw(keys.script(id), script(version));
-      await storage.setItemRaw(keys.version(id), version);
-      return version;
+      return settle(id, yaml, script);
     },
     async get(id) {
       assertId(id);
@@ -77,9 +101,15 @@ export function createWorkspaceStore<Spec = unknown>(storage: Storage): Workspac
       assertId(id);
       return readText(keys.version(id));
     },
-    async putScript(id, script) {
+    async refreshScript(id, script) {
       assertId(id);
-      await storage.setItemRaw(keys.script(id), script);
+      const yaml = await readText(keys.spec(id));
+      if (yaml === undefined) return false;
+      const version = await contentHash(yaml);
+      const [storedScript, storedVersion] = await Promise.all([readText(keys.script(id)), readText(keys.version(id))]);
+      if (storedVersion === version && storedScript === script(version, parse(yaml) as Spec)) return false;
+      await settle(id, yaml, script);
+      return true;
     },
     getScript(id) {
       assertId(id);
@@ -95,8 +125,11 @@ export function createWorkspaceStore<Spec = unknown>(storage: Storage): Workspac
       return existed;
     },
     async list() {
-      const all = await storage.getKeys();
-      const ids = all.filter((k) => k.endsWith(`:${WORKSPACE_FILE}`) && k.split(":").length === 2).map((k) => k.split(":")[0]);
+      const suffix = `:${WORKSPACE_FILE}`;
+      const ids = (await storage.getKeys())
+        .filter((key) => key.endsWith(suffix))
+        .map((key) => key.slice(0, -suffix.length))
+        .filter((id) => workspaceIdProblem(id) === undefined);
       return [...new Set(ids)].sort();
     },
   };

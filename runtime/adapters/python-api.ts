@@ -94,7 +94,7 @@ function describeFetchError(error: unknown): string {
     case "UND_ERR_SOCKET":
       return "the connection was closed before it answered";
     default:
-      return cause?.message ?? (error as Error)?.message ?? String(error);
+      return `the request failed: ${cause?.message ?? (error as Error)?.message ?? String(error)}`;
   }
 }
 

@@ -58,8 +58,8 @@ def _log(level, message, created=None):
 
 
 class _LogStream(io.TextIOBase):
-    """sys.stdout / sys.stderr during runs: text is logged per completed chunk of lines, so one
-    pprint.pprint() or df.info() call is one entry; a trailing partial line is logged at run end."""
+    """sys.stdout / sys.stderr during runs: text is logged each time a write ends a line, so one
+    pprint.pprint() call is one entry; a trailing partial line is logged at run end."""
 
     encoding = "utf-8"
 
@@ -73,9 +73,10 @@ class _LogStream(io.TextIOBase):
     def write(self, s):
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        head, newline, self.pending = (self.pending + s).rpartition("\n")
-        if newline:
-            _log(self.level, head)
+        self.pending += s
+        if self.pending.endswith("\n"):  # a line just ended: pprint's inner writes never end so
+            _log(self.level, self.pending[:-1])
+            self.pending = ""
         return len(s)
 
     def drain(self):
@@ -211,10 +212,10 @@ def compile_function(name, spec, glb):
                 ast.increment_lineno(node, last)
             module.body[0].body = body + tail
             fcode = _inner_code(compile(module, name, "exec", dont_inherit=True))
-    except SyntaxError as e:
-        line = e.lineno or 0
-        message = f"{e.msg} (function '{name}', line {line})"
-        return UserFunction(name, params, defaults, error=(message, line, (e.text or "").strip()))
+    except (SyntaxError, ValueError, RecursionError) as e:  # ValueError: NUL bytes; Recursion: deep nesting
+        line = getattr(e, "lineno", None) or 0
+        message = f"{getattr(e, 'msg', None) or e} (function '{name}', line {line})"
+        return UserFunction(name, params, defaults, error=(message, line, (getattr(e, "text", None) or "").strip()))
     names = {"co_name": name}
     if hasattr(fcode, "co_qualname"):  # 3.11+
         names["co_qualname"] = name
@@ -297,22 +298,41 @@ def encode_result(result):
         return json.dumps(_finite(result), separators=(",", ":"), allow_nan=False, default=_json_default)
 
 
+def describe(exc):
+    try:
+        return str(exc)
+    except Exception:  # a user exception whose __str__ fails must not take the kernel down
+        return f"<unprintable {type(exc).__name__}>"
+
+
 def format_stack(exc, ws):
     """A traceback of the user's frames only (no host paths). Walks the traceback by hand:
     traceback.extract_tb would ask linecache, which searches the disk for a file named 'hello'."""
-    lines = ["Traceback (most recent call last):"]
+    frames = []  # (function name, line, code name) of the user's frames, outermost first
     tb = exc.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
-        source = ws.sources.get(code.co_filename)
-        if source is not None:
-            lineno = tb.tb_lineno or 0
-            lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}')
-            text = source[lineno - 1].strip() if 0 < lineno <= len(source) else ""
-            if text:
-                lines.append("    " + text)
+        if code.co_filename in ws.sources:
+            frames.append((code.co_filename, tb.tb_lineno or 0, code.co_name))
         tb = tb.tb_next
-    message = str(exc)
+    lines = ["Traceback (most recent call last):"]
+    i = 0
+    while i < len(frames):
+        filename, lineno, name = frames[i]
+        source = ws.sources[filename]
+        lines.append(f'  File "{filename}", line {lineno}, in {name}')
+        text = source[lineno - 1].strip() if 0 < lineno <= len(source) else ""
+        if text:
+            lines.append("    " + text)
+        same = i + 1
+        while same < len(frames) and frames[same] == frames[i]:
+            same += 1
+        if same - i > 3:  # deep recursion: one line instead of a thousand identical ones
+            lines.append(f"  [Previous line repeated {same - i - 1} more times]")
+            i = same
+        else:
+            i += 1
+    message = describe(exc)
     lines.append(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
     return "\n".join(lines)
 
@@ -364,9 +384,9 @@ class Kernel:
             except BaseException as e:  # SystemExit, KeyboardInterrupt raised by user code too
                 if returned:  # the body returned; its value is the problem
                     error = {"kind": "function", "name": "TypeError",
-                             "message": f"The function's result is not JSON-serialisable: {e}", "stack": ""}
+                             "message": f"The function's result is not JSON-serialisable: {describe(e)}", "stack": ""}
                 else:
-                    error = {"kind": "function", "name": type(e).__name__, "message": str(e),
+                    error = {"kind": "function", "name": type(e).__name__, "message": describe(e),
                              "stack": format_stack(e, ws)}
             result = None  # drop the reference before answering
         duration = round((time.perf_counter() - start) * 1000, 3)

@@ -316,7 +316,10 @@ class Kernel:
                            "The Python kernel was killed (SIGKILL) while running the function, "
                            "most likely by the system's out-of-memory killer", duration_ms)
         if code < 0:
-            how = f"crashed (signal {signal.Signals(-code).name})"
+            try:
+                how = f"crashed (signal {signal.Signals(-code).name})"
+            except ValueError:
+                how = f"crashed (signal {-code})"
         else:
             how = f"exited (code {code})"
         return outcome("function", "KernelCrashed",
@@ -408,6 +411,7 @@ def make_handler(pool):
         protocol_version = "HTTP/1.1"  # keep-alive: the Node side reuses its connections
         disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
         server_version = "python-api"
+        timeout = 300  # seconds an idle keep-alive connection (and its thread) is kept
 
         def log_message(self, format, *args):
             pass  # a line per request would cost more than a warm run; errors still reach stderr
@@ -434,6 +438,8 @@ def make_handler(pool):
                     parts.append(self.rfile.read(length))
                     self.rfile.readline()
             length = int(self.headers.get("Content-Length") or 0)
+            if length < 0:
+                raise ValueError(length)
             return None if length > MAX_BODY else self.rfile.read(length)
 
         def do_GET(self):
@@ -477,10 +483,15 @@ def main():
     pool = Pool(config)
     try:
         pool.start()
-        httpd = Server((config["host"], config["port"]), make_handler(pool))
     except (KernelStartError, OSError) as e:
         pool.close()
         print(f"python-api: cannot start: {e}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        httpd = Server((config["host"], config["port"]), make_handler(pool))
+    except OSError as e:
+        pool.close()
+        print(f"python-api: cannot listen on HOST={config['host']} PORT={config['port']}: {e}", file=sys.stderr)
         sys.exit(1)
 
     def stop(signum, frame):

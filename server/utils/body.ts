@@ -1,14 +1,14 @@
 /**
  * Reading JSON bodies with a size limit. h3 1 has none of its own: the limit is checked against
- * Content-Length before reading, and counted while reading chunked bodies, which stop at the first
- * byte over it (nothing past the limit is buffered).
+ * Content-Length before reading, and counted while reading chunked bodies, which stop being kept at
+ * the first byte over it.
  */
-import { getRequestHeader, setResponseHeader, type H3Event } from "h3";
+import { getRequestHeader, type H3Event } from "h3";
 import { ServiceError } from "../../runtime/errors.ts";
 
-function tooLarge(event: H3Event, maxBytes: number): ServiceError {
-  // The rest of the body is not read: close the connection after answering.
-  setResponseHeader(event, "connection", "close");
+// Past the limit nothing more is kept: after the answer, Node's server discards what the client
+// still sends (its request timeout bounds that), so the client reads the 413 instead of a reset.
+function tooLarge(maxBytes: number): ServiceError {
   return new ServiceError("PayloadTooLargeError", `Request body exceeds the ${maxBytes} byte limit (REQUEST_MAX_SIZE)`);
 }
 
@@ -19,10 +19,7 @@ async function readLimited(event: H3Event, maxBytes: number): Promise<Uint8Array
   if (req && typeof req.on === "function" && !event.web?.request) {
     for await (const chunk of req as AsyncIterable<Uint8Array>) {
       total += chunk.byteLength;
-      if (total > maxBytes) {
-        req.pause();
-        throw tooLarge(event, maxBytes);
-      }
+      if (total > maxBytes) throw tooLarge(maxBytes);
       chunks.push(chunk);
     }
   } else {
@@ -35,7 +32,7 @@ async function readLimited(event: H3Event, maxBytes: number): Promise<Uint8Array
       total += value.byteLength;
       if (total > maxBytes) {
         await reader.cancel();
-        throw tooLarge(event, maxBytes);
+        throw tooLarge(maxBytes);
       }
       chunks.push(value);
     }
@@ -55,7 +52,7 @@ const JSON_TYPE = /^application\/(?:[\w.+-]+\+)?json\s*(?:;|$)/i;
 /** The parsed JSON body, or `undefined` when there is none. */
 export async function readJsonBody(event: H3Event, maxBytes: number): Promise<unknown> {
   const length = getRequestHeader(event, "content-length");
-  if (length !== undefined && Number(length) > maxBytes) throw tooLarge(event, maxBytes);
+  if (length !== undefined && Number(length) > maxBytes) throw tooLarge(maxBytes);
   if (length === "0") return undefined;
   const bytes = await readLimited(event, maxBytes);
   if (bytes.byteLength === 0) return undefined;

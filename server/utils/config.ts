@@ -6,12 +6,15 @@
 
 export type StorageType = "filesystem" | "memory" | "redis";
 export type SandboxName = "vm2" | "quickjs";
+export type PythonApiMode = "external" | "bundled";
 
 export interface ServiceConfig {
   port: number;
   storageType: StorageType;
   storageDir: string;
   redisUrl: string;
+  /** Prefix of every key in Redis (`FUNCTIONS_STORAGE_REDIS_PREFIX`): instances sharing it share workspaces. */
+  redisPrefix: string;
   sandbox: SandboxName;
   runTimeoutMs: number;
   maxWorkers: number;
@@ -22,8 +25,12 @@ export interface ServiceConfig {
   updateScriptsOnStartup: boolean;
   requestMaxBytes: number;
   bufferAllocLimitBytes: number;
+  /** `external`: use `pythonApiUrl`; `bundled`: start runtime/python/server.py and use it. */
+  pythonApiMode: PythonApiMode;
   pythonApiUrl: string;
   pythonRunTimeoutMs: number;
+  /** The bundled Python API's whole environment: its own settings, and nothing secret. */
+  bundledPythonApiEnv: Record<string, string>;
 }
 
 export class ConfigError extends Error {
@@ -42,6 +49,14 @@ export function parseSize(text: string): number | undefined {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$/i.exec(text);
   if (!match) return undefined;
   return Math.floor(Number(match[1]) * SIZE_UNITS[(match[2] ?? "b").toLowerCase()]);
+}
+
+/** A Redis key prefix: one or more `:`-separated segments of letters, digits, `.`, `_` and `-`. */
+function redisPrefix(text: string): string {
+  if (!/^[\w.-]+(?::[\w.-]+)*$/.test(text)) {
+    throw new ConfigError("FUNCTIONS_STORAGE_REDIS_PREFIX", `must be segments of letters, digits, '.', '_' and '-' joined by ':', got ${JSON.stringify(text)}`);
+  }
+  return text;
 }
 
 export function loadConfig(env: Env = process.env): ServiceConfig {
@@ -83,6 +98,12 @@ export function loadConfig(env: Env = process.env): ServiceConfig {
   if (!["yes", "true", "no", "false", "1", "0"].includes(updateScripts)) {
     throw new ConfigError("UPDATE_SCRIPTS_ON_STARTUP", `must be yes, true, no or false, got ${JSON.stringify(updateScripts)}`);
   }
+  const autostart = read("PYTHON_API_AUTOSTART", "yes").toLowerCase();
+  if (!["yes", "true", "1", "no", "false", "0"].includes(autostart)) {
+    throw new ConfigError("PYTHON_API_AUTOSTART", `must be yes, true, no or false, got ${JSON.stringify(autostart)}`);
+  }
+  const pythonAutostart = ["yes", "true", "1"].includes(autostart);
+  if (read("KERNEL_POOL_SIZE", "") !== "") integer("KERNEL_POOL_SIZE", 1, 1); // named here rather than by a failing child
   const port = integer("PORT", 4000, 0);
   if (port > 65535) throw new ConfigError("PORT", `must be at most 65535, got ${port}`);
   return {
@@ -90,6 +111,7 @@ export function loadConfig(env: Env = process.env): ServiceConfig {
     storageType: oneOf("FUNCTIONS_STORAGE_TYPE", "filesystem", ["filesystem", "memory", "redis"] as const),
     storageDir: read("FUNCTIONS_STORAGE_FILESYSTEM_DIRPATH", "data/functions/"),
     redisUrl: url("FUNCTIONS_STORAGE_REDIS_URL", "redis://127.0.0.1:6379"),
+    redisPrefix: redisPrefix(read("FUNCTIONS_STORAGE_REDIS_PREFIX", "functions")),
     sandbox: oneOf("FUNCTIONS_SANDBOX", "vm2", ["vm2", "quickjs"] as const),
     runTimeoutMs: integer("FUNCTIONS_RUN_TIMEOUT", 20_000, 1),
     maxWorkers: integer("FUNCTIONS_WORKERS_MAX_LRU", 500, 1),
@@ -102,5 +124,22 @@ export function loadConfig(env: Env = process.env): ServiceConfig {
     bufferAllocLimitBytes: size("FUNCTIONS_BUFFER_MAX_SIZE", "64mb"),
     pythonApiUrl: url("PYTHON_API_URL", "http://localhost:8000"),
     pythonRunTimeoutMs: integer("PYTHON_FUNCTIONS_RUN_TIMEOUT", 20_000, 1),
+    // An explicit PYTHON_API_URL is used as it is; without one, the service starts its own.
+    pythonApiMode: read("PYTHON_API_URL", "") !== "" || !pythonAutostart ? "external" : "bundled",
+    bundledPythonApiEnv: Object.fromEntries(BUNDLED_PYTHON_API_VARIABLES.flatMap((name) => (env[name] === undefined ? [] : [[name, env[name]!]]))),
   };
 }
+
+/** Handed to the bundled Python API as they are: its own settings, and PATH and locale for python3. */
+const BUNDLED_PYTHON_API_VARIABLES = [
+  "PATH",
+  "LANG",
+  "LC_ALL",
+  "TZ",
+  "PYTHONPATH",
+  "KERNEL_POOL_SIZE",
+  "PYTHON_BUILTIN_MODULES",
+  "PYTHON_PACKAGES_WHITELIST_IMPORT",
+  "PYTHON_MEMORY_LIMIT_MB",
+  "PYTHON_FUNCTIONS_RUN_TIMEOUT",
+];

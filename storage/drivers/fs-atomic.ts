@@ -33,21 +33,38 @@ export default defineDriver((options: FsAtomicOptions) => {
     return join(base, ...segments);
   }
 
+  /**
+   * Creates the temp file and its directory. Another process removing the directory's last file
+   * (a delete through another instance) can take the directory away between the two: then again.
+   */
+  async function createTemp(temp: string) {
+    for (let attempt = 1; ; attempt++) {
+      await fsp.mkdir(dirname(temp), { recursive: true });
+      try {
+        return await fsp.open(temp, "wx");
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "ENOENT" || attempt === 3) throw error;
+      }
+    }
+  }
+
   async function writeAtomic(key: string, value: string | Uint8Array): Promise<void> {
     const target = pathOf(key);
-    await fsp.mkdir(dirname(target), { recursive: true });
     const temp = `${target}${TEMP_MARK}${randomBytes(6).toString("hex")}`;
-    const handle = await fsp.open(temp, "w");
+    const handle = await createTemp(temp);
     try {
-      await handle.writeFile(value);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await fsp.rename(temp, target).catch(async (error) => {
+      try {
+        await handle.writeFile(value);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await fsp.rename(temp, target);
+    } catch (error) {
+      // A failed write (disk full, ...) leaves no temp file behind.
       await fsp.rm(temp, { force: true });
       throw error;
-    });
+    }
   }
 
   async function listFiles(dir: string, prefix: string): Promise<string[]> {
