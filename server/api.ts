@@ -51,8 +51,9 @@ export function createApiHandler(options: ApiOptions): EventHandler {
   router.get(
     "/v2/functions/:workspace",
     defineEventHandler(async (event) => {
-      const { spec, version } = await service.get(param(event, "workspace"));
-      return { ...spec, version };
+      const { spec, version, dependencies } = await service.get(param(event, "workspace"));
+      // With npm dependencies on, `dependencies` tells their install status (the pins are in its `packages`).
+      return { ...spec, version, ...(dependencies && { dependencies }) };
     }),
   );
 
@@ -75,7 +76,11 @@ export function createApiHandler(options: ApiOptions): EventHandler {
       const parameters = body?.parameters ?? {};
       if (!isObject(parameters)) throw new ServiceError("RequestValidationError", "parameters must be a JSON object", [{ path: "parameters", message: "must be an object" }]);
       const controller = new AbortController();
-      event.node?.res?.once("close", () => controller.abort());
+      // A caller that hangs up before the answer cancels its run.
+      const res = event.node?.res;
+      res?.once("close", () => {
+        if (!res.writableFinished) controller.abort();
+      });
       const outcome = await service.run(workspace, functionName, parameters, {
         signal: controller.signal,
         correlationId: getRequestHeader(event, "x-correlation-id"),

@@ -2,6 +2,7 @@
  * Start-up: validate the configuration (a bad variable stops the process with its name), build the
  * service, optionally refresh generated scripts, and dispose of the sandboxes on close.
  */
+import { createApp, defineEventHandler } from "h3";
 import { defineNitroPlugin } from "nitropack/runtime";
 import { createApiHandler } from "../api.ts";
 import { appState } from "../utils/app-state.ts";
@@ -37,6 +38,16 @@ export default defineNitroPlugin((nitroApp) => {
     logger.error("Start-up failed", { error: String(error?.stack ?? error) });
     process.exit(1);
   });
+  // Every request is an API call: it goes straight to the API's own h3 app, skipping Nitro's
+  // per-request hooks and route rules, which cost more than a whole warm run (docs/performance.md).
+  const api = createApp();
+  api.use(
+    defineEventHandler(async (event) => {
+      if (!appState.handler) await appState.ready;
+      return appState.handler!(event);
+    }),
+  );
+  nitroApp.h3App.handler = api.handler;
   nitroApp.hooks.hook("close", async () => {
     await appState.service?.dispose();
   });

@@ -53,6 +53,8 @@ interface WorkerHandle {
   isReady: boolean;
   loadedVersion?: string;
   pending: Map<number, PendingRun>;
+  /** Messages not yet posted: sent as one batch per event-loop turn (see `post`). */
+  outbox: object[];
   /** No new runs: it ends once its pending runs are answered. */
   retiring: boolean;
   ended: boolean;
@@ -145,10 +147,15 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
       ready: new Promise((resolve) => (markReady = resolve)),
       isReady: false,
       pending: new Map(),
+      outbox: [],
       retiring: false,
       ended: false,
     };
-    worker.on("message", (reply: WorkerReply) => {
+    worker.on("message", (message: WorkerReply | WorkerReply[]) => {
+      if (Array.isArray(message)) for (const reply of message) onReply(reply);
+      else onReply(message);
+    });
+    function onReply(reply: WorkerReply): void {
       if (reply.t === "ready") {
         handle.isReady = true;
         markReady();
@@ -160,7 +167,7 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
         removeFromPool(handle);
         if (handle.pending.size === 0) void endWorker(handle);
       }
-    });
+    }
     worker.on("error", (error: Error & { code?: string }) => {
       const outOfMemory = error.code === "ERR_WORKER_OUT_OF_MEMORY";
       failAll(handle, {
@@ -179,6 +186,21 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
     worker.stderr.resume();
     worker.unref();
     return handle;
+  }
+
+  /**
+   * Queues a message for a worker. Everything queued during one turn of the event loop goes in one
+   * postMessage: under load, one wake-up of the worker serves many runs.
+   */
+  function post(handle: WorkerHandle, message: object): void {
+    handle.outbox.push(message);
+    if (handle.outbox.length === 1) setImmediate(flush, handle);
+  }
+
+  function flush(handle: WorkerHandle): void {
+    const batch = handle.outbox;
+    handle.outbox = [];
+    if (!handle.ended) handle.worker.postMessage(batch.length === 1 ? batch[0] : batch);
   }
 
   function toSuccess(reply: Extract<WorkerReply, { t: "result"; ok: true }>): RunOutcome {
@@ -254,7 +276,7 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
       terminate(handle, { ...error, message: `${error.message}; the workspace's worker was stopped` });
       return;
     }
-    handle.worker.postMessage({ t: "cancel", id });
+    post(handle, { t: "cancel", id });
     settle(handle, id, { ok: false, error, logs: [], durationMs: performance.now() - pending.started });
   }
 
@@ -267,7 +289,7 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
       if (disposed) throw adapterDisposed("vm2");
       const handle = takeWorker(workspace.id);
       if (handle.loadedVersion !== workspace.version) {
-        handle.worker.postMessage({ t: "load", version: workspace.version, script: workspace.script });
+        post(handle, { t: "load", version: workspace.version, script: workspace.script, modules: workspace.modules });
         handle.loadedVersion = workspace.version;
       }
     },
@@ -277,7 +299,7 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
       const { workspace } = request;
       const handle = takeWorker(workspace.id);
       if (handle.loadedVersion !== workspace.version) {
-        handle.worker.postMessage({ t: "load", version: workspace.version, script: workspace.script });
+        post(handle, { t: "load", version: workspace.version, script: workspace.script, modules: workspace.modules });
         handle.loadedVersion = workspace.version;
       }
       const id = nextRunId++;
@@ -285,7 +307,7 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
         const timer = setTimeout(() => onDeadline(handle, id, runOptions.timeoutMs), runOptions.timeoutMs);
         handle.pending.set(id, { resolve, workspace, started: performance.now(), timer });
         runOptions.signal?.addEventListener("abort", () => onDeadline(handle, id, runOptions.timeoutMs), { once: true });
-        handle.worker.postMessage({ t: "run", id, version: workspace.version, fn: request.functionName, params: JSON.stringify(request.parameters) });
+        post(handle, { t: "run", id, version: workspace.version, fn: request.functionName, params: JSON.stringify(request.parameters) });
       });
     },
 

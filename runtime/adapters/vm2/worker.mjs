@@ -4,10 +4,12 @@
 // Plain JavaScript on purpose: Node loads it as it is, from the sources (tests, embedders) and
 // from the Nitro build alike, with nothing to compile.
 //
-// Messages in:  {t:"load", version, script} | {t:"run", id, version, fn, params} | {t:"cancel", id}
+// Messages in:  {t:"load", version, script, modules?} | {t:"run", id, version, fn, params} | {t:"cancel", id}
 // Messages out: {t:"ready"} | {t:"result", id, ok, json?, error?, logs, durationMs} | {t:"uncaught", error}
 import { AsyncLocalStorage } from "node:async_hooks";
 import dns from "node:dns";
+import { existsSync } from "node:fs";
+import { join, sep } from "node:path";
 import { format } from "node:util";
 import { parentPort, workerData } from "node:worker_threads";
 import { NodeVM } from "vm2";
@@ -24,7 +26,7 @@ setInterval(() => {
 /** The run whose code is executing: console calls and errors are attributed through it. */
 const currentRun = new AsyncLocalStorage();
 
-/** @type {{version: string, call?: Function, loadError?: object} | undefined} */
+/** @type {{version: string, modules?: object, call?: Function, loadError?: object} | undefined} */
 let loaded;
 /** Runs in progress by id; a run the host cancelled (deadline passed) answers nothing. */
 const active = new Map();
@@ -87,7 +89,9 @@ const SANDBOX_GLOBALS = {
 };
 
 // Runs inside the sandbox, so parameters are parsed into sandbox objects and the result is
-// serialised there: only strings cross vm2's bridge, which is its cheapest path.
+// serialised there: only strings cross vm2's bridge, its cheapest path. The outcome comes back
+// through one host callback, `settle(id, ok, value)`, instead of a sandbox promise the host would
+// have to await through the bridge.
 // vm2 prints every frame as "CallSite {}"; its call sites still answer the getters, so the sandbox
 // formats frames itself (the host maps them to the user's lines and drops what is not theirs).
 const INVOKER = `Error.prepareStackTrace = function (error, sites) {
@@ -99,17 +103,49 @@ const INVOKER = `Error.prepareStackTrace = function (error, sites) {
   }
   return out;
 };
-module.exports = function (fns, name, paramsJson) {
-  return fns[name](JSON.parse(paramsJson)).then(function (value) {
+module.exports = function (fns, id, name, paramsJson, settle) {
+  function fulfilled(value) {
     var json;
     try { json = JSON.stringify(value); } catch (error) {
-      throw new TypeError("The function's result is not JSON-serialisable: " + (error && error.message));
+      settle(id, false, new TypeError("The function's result is not JSON-serialisable: " + (error && error.message)));
+      return;
     }
-    return json === undefined ? "null" : json;
-  });
+    settle(id, true, json === undefined ? "null" : json);
+  }
+  try {
+    fns[name](JSON.parse(paramsJson)).then(fulfilled, function (error) { settle(id, false, error); });
+  } catch (error) {
+    settle(id, false, error);
+  }
 };`;
 
-function createVm() {
+// Builtins without I/O or host state that npm packages commonly load: allowed once packages are.
+const PACKAGE_BUILTINS = ["path", "events", "string_decoder", "querystring", "punycode", "assert"];
+
+/** `lodash` for `lodash/fp`, `@scope/pkg` for `@scope/pkg/sub`. */
+const packageDir = (specifier) => specifier.split("/").slice(0, specifier.startsWith("@") ? 2 : 1).join("/");
+
+/**
+ * Package loading for a workspace (see `WorkspaceModules` in runtime/types.ts): bare names in
+ * `names` only, found only in the install and shared folders; `root` also bounds every file a
+ * package loads, so no relative or absolute path leads out of them.
+ */
+function packageOptions({ names, installDir, sharedDir }) {
+  const dirs = [installDir, sharedDir].filter(Boolean);
+  return {
+    external: { modules: names, transitive: true },
+    root: dirs,
+    resolve: (specifier) => {
+      const dir = dirs.find((d) => existsSync(join(d, packageDir(specifier), "package.json")));
+      return dir && { module: specifier, path: dir };
+    },
+    // Registry packages are anyone's code: they run inside the sandbox, under its rules. Shared
+    // packages are the operator's, trusted like builtins: they load natively, behind vm2's proxies.
+    context: (filename) => (sharedDir && filename.startsWith(sharedDir + sep) ? "host" : "sandbox"),
+  };
+}
+
+function createVm(modules) {
   const builtin = builtinModules.filter((name) => name !== "dns");
   return new NodeVM({
     console: "off",
@@ -118,24 +154,40 @@ function createVm() {
     wasm: false,
     bufferAllocLimit: bufferAllocLimitBytes,
     require: {
-      builtin,
+      builtin: modules ? [...builtin, ...PACKAGE_BUILTINS] : builtin,
       external: false,
+      ...(modules && packageOptions(modules)),
       mock: builtinModules.includes("dns") ? { dns: narrowDns, "dns/promises": narrowDns.promises } : {},
     },
     wrapper: "commonjs",
   });
 }
 
-function load({ version, script }) {
+function load({ version, script, modules }) {
   try {
-    const vm = createVm();
+    const vm = createVm(modules);
     const factory = vm.run(script, "workspace.js");
     const fns = factory();
     const invoke = vm.run(INVOKER, "invoker.js");
-    loaded = { version, call: (fn, params) => invoke(fns, fn, params) };
+    loaded = { version, modules, call: (id, fn, params) => invoke(fns, id, fn, params, settle) };
   } catch (error) {
-    loaded = { version, loadError: describeError(error) };
+    loaded = { version, modules, loadError: describeError(error) };
   }
+}
+
+/**
+ * A package that fails to compile (mostly an ES module: vm2 loads packages with `require`) gets an
+ * error that names it and says what to do, and no host path (a SyntaxError's stack starts with one).
+ */
+function explainPackageError(error) {
+  const file = /^(\/[^\n]*?):\d+\n/.exec(error.stack ?? "")?.[1];
+  const dirs = [loaded?.modules?.installDir, loaded?.modules?.sharedDir].filter(Boolean);
+  if (error.name !== "SyntaxError" || !file || !dirs.some((dir) => file.startsWith(dir + sep))) return error;
+  const inPackage = /.*\/node_modules\/((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(file);
+  const message =
+    `Package '${inPackage?.[1] ?? "?"}' cannot be loaded in the sandbox: ${error.message} (in ${inPackage?.[2] ?? "its code"}). ` +
+    "Packages are loaded with require(), so an ES-module-only package fails: pin a version that ships CommonJS in the deploy body's dependencies.";
+  return { name: error.name, message, stack: `${error.name}: ${message}` };
 }
 
 /** Name, message and stack of anything thrown, read defensively: user errors can be hostile. */
@@ -158,37 +210,54 @@ function describeError(error) {
   };
 }
 
-async function run({ id, version, fn, params }) {
-  const context = { logs: [], logBytes: 0, cancelled: false };
+function run({ id, version, fn, params }) {
+  const context = { id, logs: [], logBytes: 0, cancelled: false, started: performance.now() };
   active.set(id, context);
-  const started = performance.now();
-  let reply;
-  try {
-    if (!loaded || loaded.version !== version) throw new Error(`workspace version ${version} is not loaded`);
-    if (loaded.loadError) throw Object.assign(new Error(loaded.loadError.message), loaded.loadError);
-    const json = await currentRun.run(context, () => loaded.call(fn, params));
-    reply = { t: "result", id, ok: true, json };
-  } catch (error) {
-    reply = { t: "result", id, ok: false, error: describeError(error) };
-  }
+  if (!loaded || loaded.version !== version) return settle(id, false, new Error(`workspace version ${version} is not loaded`));
+  if (loaded.loadError) return settle(id, false, Object.assign(new Error(loaded.loadError.message), loaded.loadError));
+  currentRun.run(context, () => loaded.call(id, fn, params));
+}
+
+/** Called once per run, from inside the sandbox or by `run` itself, with the JSON result or the error. */
+function settle(id, ok, value) {
+  const context = active.get(id);
+  if (!context) return;
   active.delete(id);
   if (context.cancelled) return;
+  const reply = ok ? { t: "result", id, ok: true, json: value } : { t: "result", id, ok: false, error: explainPackageError(describeError(value)) };
   reply.logs = context.logs;
-  reply.durationMs = performance.now() - started;
-  parentPort.postMessage(reply);
+  reply.durationMs = performance.now() - context.started;
+  reply_(reply);
+}
+
+/** Replies settled during one turn of the event loop go to the host in one message. */
+let replies = [];
+function reply_(message) {
+  replies.push(message);
+  if (replies.length === 1) setImmediate(flushReplies);
+}
+function flushReplies() {
+  const batch = replies;
+  replies = [];
+  parentPort.postMessage(batch.length === 1 ? batch[0] : batch);
 }
 
 parentPort.on("message", (message) => {
+  if (Array.isArray(message)) message.forEach(dispatch);
+  else dispatch(message);
+});
+
+function dispatch(message) {
   switch (message.t) {
     case "load":
       return load(message);
     case "run":
-      return void run(message);
+      return run(message);
     case "cancel":
       if (active.has(message.id)) active.get(message.id).cancelled = true;
       return;
   }
-});
+}
 
 // A timer or emitter of a finished run threw: report it, so the host retires this worker once its
 // runs are done, instead of letting the thread die under runs that did nothing wrong.
