@@ -24,7 +24,7 @@ export default defineNitroConfig({
         // The vm2 worker is a file of its own at run time: ship it beside the bundle and point the
         // adapter at the copy.
         name: "vm2-worker-asset",
-        transform(code: string, id: string) {
+        transform(this: PluginContext, code: string, id: string) {
           if (!id.endsWith("/runtime/adapters/vm2/index.ts") || !WORKER_URL.test(code)) return null;
           this.emitFile({ type: "asset", fileName: "vm2-worker.mjs", source: readFileSync(vm2WorkerPath, "utf8") });
           // In the bundle, Nitro makes `import.meta.url` the entry's URL (.output/server/index.mjs).
