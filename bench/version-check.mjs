@@ -2,8 +2,8 @@
 //
 // 1. The version check alone: `store.version(id)` (one small read) against fs-atomic, Redis and
 //    memory, through the built library (dist/, imported by the package's own name).
-// 2. Warm runs over HTTP: the built server (.output/server/index.mjs, or BENCH_ENTRY) with the
-//    filesystem backend, then with Redis; sequential runs of hello, p50 and p99 of each.
+// 2. Warm runs over HTTP: the built server (.output/server/index.mjs, or BENCH_ENTRY), one process
+//    with the filesystem backend and one with Redis, taking turns; sequential runs of hello.
 //
 // Redis at FUNCTIONS_STORAGE_REDIS_URL (default redis://127.0.0.1:6379), under a prefix of its own
 // that is removed afterwards. BENCH_RUNS sets the number of HTTP runs per backend (default 2000).
@@ -48,24 +48,32 @@ async function versionCheck(label, storage) {
   await storage.dispose();
 }
 
-/** p50 and p99 of `runs` sequential warm runs of hello over HTTP. */
-async function warmRuns(label, env) {
-  const service = await startService(entry, env);
+/**
+ * p50 and p99 of `runs` sequential warm runs of hello over HTTP on each service. The services take
+ * turns, run by run, so both see the same machine load.
+ */
+async function warmRuns(services) {
+  const started = await Promise.all(Object.values(services).map((env) => startService(entry, env)));
   try {
-    await send(service.url, "POST", "/v2/functions/bench", hello);
-    const run = () => send(service.url, "POST", "/v2/functions/bench/run/hello", { parameters: { name: "world" } });
-    for (let i = 0; i < 500; i++) await run(); // worker started, JIT warm
-    const times = [];
+    const runners = started.map((service) => () => send(service.url, "POST", "/v2/functions/bench/run/hello", { parameters: { name: "world" } }));
+    for (const service of started) await send(service.url, "POST", "/v2/functions/bench", hello);
+    for (let i = 0; i < 500; i++) for (const run of runners) await run(); // workers started, JIT warm
+    const times = runners.map(() => []);
     for (let i = 0; i < runs; i++) {
-      const reply = await run();
-      if (reply.status !== 200) throw new Error(`run failed: ${reply.status} ${JSON.stringify(reply.body)}`);
-      times.push(reply.ms);
+      for (const [index, run] of runners.entries()) {
+        const reply = await run();
+        if (reply.status !== 200) throw new Error(`run failed: ${reply.status} ${JSON.stringify(reply.body)}`);
+        times[index].push(reply.ms);
+      }
     }
-    const result = summarise(times);
-    console.log(`${label.padEnd(12)} p50 ${fmt(result.p50, 3)} ms   p99 ${fmt(result.p99, 3)} ms   (${runs} sequential runs)`);
-    return result;
+    const results = {};
+    for (const [index, label] of Object.keys(services).entries()) {
+      results[label] = summarise(times[index]);
+      console.log(`${label.padEnd(12)} p50 ${fmt(results[label].p50, 3)} ms   p99 ${fmt(results[label].p99, 3)} ms   (${runs} sequential runs)`);
+    }
+    return results;
   } finally {
-    await service.stop();
+    await Promise.all(started.map((service) => service.stop()));
   }
 }
 
@@ -77,8 +85,10 @@ try {
   await versionCheck("redis", createStorage({ driver: redisDriver({ url: redisUrl, base: `${prefix}-micro` }) }));
 
   console.log("\n## Warm runs over HTTP, by storage backend");
-  const filesystem = await warmRuns("filesystem", { FUNCTIONS_STORAGE_TYPE: "filesystem", PYTHON_API_AUTOSTART: "no" });
-  const redis = await warmRuns("redis", { FUNCTIONS_STORAGE_TYPE: "redis", FUNCTIONS_STORAGE_REDIS_URL: redisUrl, FUNCTIONS_STORAGE_REDIS_PREFIX: prefix, PYTHON_API_AUTOSTART: "no" });
+  const { filesystem, redis } = await warmRuns({
+    filesystem: { FUNCTIONS_STORAGE_TYPE: "filesystem", PYTHON_API_AUTOSTART: "no" },
+    redis: { FUNCTIONS_STORAGE_TYPE: "redis", FUNCTIONS_STORAGE_REDIS_URL: redisUrl, FUNCTIONS_STORAGE_REDIS_PREFIX: prefix, PYTHON_API_AUTOSTART: "no" },
+  });
   console.log(`ratio redis/filesystem at p50: ${fmt(redis.p50 / filesystem.p50)} (target: at most 1.20)`);
 } finally {
   rmSync(dir, { recursive: true, force: true });

@@ -111,7 +111,7 @@ export function createWorkspaceStore<Spec = unknown>(storage: Storage): Workspac
       await settle(id, yaml, script);
       return true;
     },
-    getScript(id) {
+    async getScript(id) {
       assertId(id);
       return readText(keys.script(id));
     },
