@@ -101,7 +101,8 @@ export async function startBundledPythonApi(options: BundledPythonApiOptions = {
   /** One child, resolved when it listens; it reports its own death to `onDeath` afterwards. */
   function launch(): Promise<void> {
     return new Promise((resolve, reject) => {
-      const proc = spawn(python, [serverPath], { env, stdio: ["ignore", "pipe", "pipe"] });
+      // stdin is a pipe the API watches: when this process dies, even by SIGKILL, the API stops too.
+      const proc = spawn(python, [serverPath], { env: { ...env, PYTHON_API_EXIT_WITH_STDIN: "1" }, stdio: ["pipe", "pipe", "pipe"] });
       child = proc;
       const startedAt = Date.now();
       const stderrTail: string[] = [];

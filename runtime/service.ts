@@ -5,6 +5,7 @@
  */
 import { LRUCache } from "lru-cache";
 import type { WorkspaceStore } from "../storage/workspace-store.ts";
+import type { DependencyManager, DependencyStatus } from "./dependencies.ts";
 import { workspaceIdProblem } from "../storage/keys.ts";
 import { notFound, validationError, type ValidationIssue } from "./errors.ts";
 import { compileWorkspace, nodeFunctions } from "./script.ts";
@@ -30,6 +31,8 @@ export interface FunctionsServiceOptions {
   runTimeoutMs?: number;
   /** `PYTHON_FUNCTIONS_RUN_TIMEOUT`. @default 20_000 */
   pythonRunTimeoutMs?: number;
+  /** npm packages of Node functions (runtime/dependencies.ts); without it, `require` reaches builtins only. */
+  dependencies?: DependencyManager;
   logger?: ServiceLogger;
 }
 
@@ -55,7 +58,7 @@ function checkWorkspaceId(id: string): void {
  *   await service.run("test", "hello", { name: "you" }) // { ok: true, result: "hi you", logs: [], durationMs: 0.3 }
  */
 export function createFunctionsService(options: FunctionsServiceOptions) {
-  const { store, node, python } = options;
+  const { store, node, python, dependencies } = options;
   const logger = options.logger ?? silentLogger;
   const runTimeoutMs = options.runTimeoutMs ?? 20_000;
   const pythonRunTimeoutMs = options.pythonRunTimeoutMs ?? 20_000;
@@ -74,10 +77,17 @@ export function createFunctionsService(options: FunctionsServiceOptions) {
     return issues;
   }
 
+  /** The generated module, plus the packages it may load when npm dependencies are on. */
+  function compile(id: string, version: string, spec: WorkspaceSpec): CompiledWorkspace {
+    const workspace = compileWorkspace(id, version, spec);
+    const modules = dependencies?.modules(spec);
+    return modules ? { ...workspace, modules } : workspace;
+  }
+
   async function loadCompiled(id: string): Promise<CompiledWorkspace | undefined> {
     const stored = await store.get(id);
     if (!stored) return undefined;
-    const workspace = compileWorkspace(id, stored.version, stored.spec);
+    const workspace = compile(id, stored.version, stored.spec);
     compiled.set(id, workspace);
     return workspace;
   }
@@ -117,23 +127,25 @@ export function createFunctionsService(options: FunctionsServiceOptions) {
     async deploy(id: string, body: unknown): Promise<WorkspaceSpec> {
       checkWorkspaceId(id);
       const spec = parseWorkspaceSpec(body);
-      const issues = syntaxIssues(spec);
+      const issues = [...syntaxIssues(spec), ...(dependencies?.check(spec) ?? [])];
       if (issues.length > 0) throw validationError(issues);
       // The store calls back with the spec it settled on, which is another deploy's when one
       // through another instance finished later; the last call is what is stored.
       let last: CompiledWorkspace | undefined;
-      const version = await store.put(id, spec, (v, stored) => (last = compileWorkspace(id, v, stored)).script);
+      const version = await store.put(id, spec, (v, stored) => (last = compile(id, v, stored)).script);
       if (version === undefined) compiled.delete(id);
       else compiled.set(id, last!);
+      // Not awaited: runs wait for the install (within their timeout), the deploy does not.
+      dependencies?.prepare(spec);
       logger.info("Workspace deployed", { workspace: id, version, functions: Object.keys(spec.functions).length });
       return spec;
     },
 
-    async get(id: string): Promise<{ spec: WorkspaceSpec; version: string }> {
+    async get(id: string): Promise<{ spec: WorkspaceSpec; version: string; dependencies?: DependencyStatus }> {
       checkWorkspaceId(id);
       const stored = await store.get(id);
       if (!stored) throw notFound(`Workspace '${id}' not found`);
-      return { spec: stored.spec, version: stored.version };
+      return { spec: stored.spec, version: stored.version, ...(dependencies && { dependencies: dependencies.status(stored.spec) }) };
     },
 
     async delete(id: string): Promise<void> {
@@ -159,8 +171,17 @@ export function createFunctionsService(options: FunctionsServiceOptions) {
       if (!adapter) {
         return { ok: false, error: { kind: "upstream", name: "PythonApiError", message: "Python functions are not enabled on this service" }, logs: [], durationMs: 0 };
       }
-      const timeoutMs = language === "python" ? pythonRunTimeoutMs : runTimeoutMs;
-      const outcome = await adapter.run({ workspace, functionName, parameters }, { timeoutMs, signal: call.signal });
+      let timeoutMs = language === "python" ? pythonRunTimeoutMs : runTimeoutMs;
+      let outcome: RunOutcome | undefined;
+      if (language === "nodejs" && dependencies) {
+        // The wait for an install counts against the run's timeout.
+        const started = performance.now();
+        const error = await dependencies.waitUntilReady(workspace.spec, { timeoutMs, signal: call.signal });
+        const waitedMs = performance.now() - started;
+        if (error) outcome = { ok: false, error, logs: [], durationMs: waitedMs };
+        timeoutMs = Math.max(1, Math.round(timeoutMs - waitedMs));
+      }
+      outcome ??= await adapter.run({ workspace, functionName, parameters }, { timeoutMs, signal: call.signal });
       if (!outcome.ok) {
         logger.warn("Failed running function", {
           workspace: id,

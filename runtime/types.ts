@@ -38,6 +38,17 @@ export interface CompiledWorkspace {
   script: string;
   /** Maps a line of `script` back to the user's function and line, for stack traces. */
   lineMap: ScriptLineMap;
+  /** npm packages the workspace may `require` (see runtime/dependencies.ts); none when absent. */
+  modules?: WorkspaceModules;
+}
+
+export interface WorkspaceModules {
+  /** Package names a function may require: the service's allow/block lists already applied. */
+  names: string[];
+  /** The workspace's install (`<root>/<key>/node_modules`): registry code, run inside the sandbox. */
+  installDir?: string;
+  /** The operator's shared packages: trusted like builtins, loaded outside the sandbox. */
+  sharedDir?: string;
 }
 
 /** One entry per function, in script order: its body starts at `firstLine` of the script (1-based). */

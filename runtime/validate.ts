@@ -49,6 +49,60 @@ export function identifierProblem(name: string): string | undefined {
   return forbidden && `'${name}' ${forbidden}`;
 }
 
+/** Python keywords: none of them can name a parameter or a function (soft keywords like `match` can). */
+const PYTHON_KEYWORDS: ReadonlySet<string> = new Set(
+  words(`False None True and as assert async await break class continue def del elif else except finally for from global
+  if import in is lambda nonlocal not or pass raise return try while with yield`),
+);
+
+/**
+ * Python's builtins (3.10 to 3.13). The functions of a workspace are bound by name in one namespace,
+ * so a function named `sum` would replace the builtin in every sibling; a parameter only shadows it
+ * inside its own function, as Python itself allows (real workspaces name parameters `id`, `type`,
+ * `input`, `filter`), so parameters are not checked against this list.
+ */
+const PYTHON_BUILTINS: ReadonlySet<string> = new Set(
+  words(`abs aiter all anext any ascii bin bool breakpoint bytearray bytes callable chr classmethod compile complex
+  copyright credits delattr dict dir divmod enumerate eval exec exit filter float format frozenset getattr globals hasattr
+  hash help hex id input int isinstance issubclass iter len license list locals map max memoryview min next object oct
+  open ord pow print property quit range repr reversed round set setattr slice sorted staticmethod str sum super tuple
+  type vars zip Ellipsis NotImplemented ArithmeticError AssertionError AttributeError BaseException BaseExceptionGroup
+  BlockingIOError BrokenPipeError BufferError BytesWarning ChildProcessError ConnectionAbortedError ConnectionError
+  ConnectionRefusedError ConnectionResetError DeprecationWarning EOFError EncodingWarning EnvironmentError Exception
+  ExceptionGroup FileExistsError FileNotFoundError FloatingPointError FutureWarning GeneratorExit IOError ImportError
+  ImportWarning IndentationError IndexError InterruptedError IsADirectoryError KeyError KeyboardInterrupt LookupError
+  MemoryError ModuleNotFoundError NameError NotADirectoryError NotImplementedError OSError OverflowError
+  PendingDeprecationWarning PermissionError ProcessLookupError PythonFinalizationError RecursionError ReferenceError
+  ResourceWarning RuntimeError RuntimeWarning StopAsyncIteration StopIteration SyntaxError SyntaxWarning SystemError
+  SystemExit TabError TimeoutError TypeError UnboundLocalError UnicodeDecodeError UnicodeEncodeError UnicodeError
+  UnicodeTranslateError UnicodeWarning UserWarning ValueError Warning ZeroDivisionError`),
+);
+
+/**
+ * Names the Python kernel (runtime/python/kernel.py) gives every function, or that its generated
+ * code uses inside the function: the shared `cache`, the capturing `print`, and `NameError` (caught
+ * by the tail that returns a `result` variable).
+ */
+const PYTHON_KERNEL_NAMES: ReadonlySet<string> = new Set(["cache", "print", "NameError"]);
+
+/** Python's identifier syntax (PEP 3131); ZWNJ/ZWJ are ID_Continue in JavaScript's Unicode, not in Python's. */
+const PYTHON_IDENTIFIER = /^[\p{XID_Start}_](?:(?![\u200C\u200D])\p{XID_Continue})*$/u;
+
+/**
+ * Why `name` cannot name a function or a parameter of a `language: python` function, on top of
+ * `identifierProblem` (which every function's names pass too), or undefined when it can.
+ */
+export function pythonIdentifierProblem(name: string, kind: "function" | "parameter"): string | undefined {
+  if (!PYTHON_IDENTIFIER.test(name)) return "must be a valid Python identifier (letters, digits and _, not starting with a digit)";
+  const normalized = name.normalize("NFKC");
+  if (normalized !== name) return `must be written in Unicode NFKC form (Python reads '${name}' as '${normalized}')`;
+  if (PYTHON_KEYWORDS.has(name)) return `'${name}' is a Python keyword`;
+  if (/^__.*__$/.test(name)) return `'${name}' is a Python special name (__...__)`;
+  if (PYTHON_KERNEL_NAMES.has(name)) return `'${name}' would shadow a name the Python kernel provides`;
+  if (kind === "function" && PYTHON_BUILTINS.has(name)) return `'${name}' would shadow a Python builtin in every function of the workspace`;
+  return undefined;
+}
+
 type Json = Record<string, unknown>;
 
 function isObject(value: unknown): value is Json {
@@ -61,6 +115,11 @@ function checkKeys(value: Json, allowed: readonly string[], path: string, issues
   }
 }
 
+/** An npm package name, scoped or not, as `dependencies` keys and the package allow-lists use them. */
+export function isPackageName(name: string): boolean {
+  return /^(@[a-z0-9][\w.-]*\/)?[a-z0-9][\w.-]*$/i.test(name) && name.length <= 214;
+}
+
 function checkDependencies(value: unknown, path: string, issues: ValidationIssue[]): Record<string, string> | undefined {
   if (value === undefined) return undefined;
   if (!isObject(value)) {
@@ -69,8 +128,10 @@ function checkDependencies(value: unknown, path: string, issues: ValidationIssue
   }
   const out: Record<string, string> = {};
   for (const [name, range] of Object.entries(value)) {
-    if (!/^(@[a-z0-9][\w.-]*\/)?[a-z0-9][\w.-]*$/i.test(name) || name.length > 214) issues.push({ path: `${path}.${name}`, message: "is not a valid npm package name" });
+    if (!isPackageName(name)) issues.push({ path: `${path}.${name}`, message: "is not a valid npm package name" });
     else if (typeof range !== "string" || range.length === 0 || range.length > 256) issues.push({ path: `${path}.${name}`, message: "must be a non-empty semver range string" });
+    // npm would also take URLs, git specs and file paths here: those reach past the registry and the host's disk.
+    else if (!/^[\w.+\-^~<>=|* ]+$/.test(range)) issues.push({ path: `${path}.${name}`, message: "must be a semver range or a dist-tag (URLs, git and file specs are not accepted)" });
     else Object.defineProperty(out, name, { value: range, enumerable: true, writable: true, configurable: true });
   }
   return out;
@@ -96,6 +157,10 @@ function checkFunction(name: string, value: unknown, issues: ValidationIssue[]):
     issues.push({ path, message: "must be an object with a 'code' string" });
     return;
   }
+  // Python functions are bound by name in one Python namespace and their parameters become Python locals.
+  const python = value.language === "python";
+  const pythonNameProblem = python && !nameProblem ? pythonIdentifierProblem(name, "function") : undefined;
+  if (pythonNameProblem) issues.push({ path, message: `Python function name ${pythonNameProblem}` });
   checkKeys(value, ["code", "parameters", "language", "description", "dependencies"], path, issues);
   if (typeof value.code !== "string") issues.push({ path: `${path}.code`, message: "is required and must be a string (the body of an async function)" });
   if (value.language !== undefined && (typeof value.language !== "string" || !LANGUAGES.has(value.language))) {
@@ -112,6 +177,8 @@ function checkFunction(name: string, value: unknown, issues: ValidationIssue[]):
     const paramPath = `${path}.parameters.${param}`;
     const paramProblem = identifierProblem(param);
     if (paramProblem) issues.push({ path: paramPath, message: `parameter name ${paramProblem}` });
+    const pythonParamProblem = python && !paramProblem ? pythonIdentifierProblem(param, "parameter") : undefined;
+    if (pythonParamProblem) issues.push({ path: paramPath, message: `Python parameter name ${pythonParamProblem}` });
     checkParameter(spec, paramPath, issues);
   }
 }

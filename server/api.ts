@@ -9,6 +9,7 @@
 import { createRouter, defineEventHandler, getRequestHeader, setResponseHeader, setResponseStatus, type EventHandler, type H3Event } from "h3";
 import { ServiceError } from "../runtime/errors.ts";
 import type { FunctionsService, ServiceLogger } from "../runtime/service.ts";
+import { createApiKeyCheck } from "./utils/auth.ts";
 import { readJsonBody } from "./utils/body.ts";
 import { errorResponse, runFailureResponse } from "./utils/errors.ts";
 
@@ -19,6 +20,8 @@ export interface ApiOptions {
   logger?: ServiceLogger;
   /** Extra fields for the health check answer. */
   health?: () => Record<string, unknown>;
+  /** `FUNCTIONS_API_KEY`: when set, every request but the health check needs `Authorization: Bearer <key>`. */
+  apiKey?: string;
 }
 
 /** A route parameter, percent-decoded; a malformed encoding is a 400, never a 500. */
@@ -38,6 +41,7 @@ function isObject(value: unknown): value is Record<string, unknown> {
 export function createApiHandler(options: ApiOptions): EventHandler {
   const { service, requestMaxBytes, logger } = options;
   const router = createRouter({ preemptive: true });
+  const checkApiKey = options.apiKey ? createApiKeyCheck(options.apiKey) : undefined;
 
   router.get("/sys/healthcheck", defineEventHandler(() => ({ healthy: true, ...options.health?.() })));
 
@@ -52,8 +56,8 @@ export function createApiHandler(options: ApiOptions): EventHandler {
     "/v2/functions/:workspace",
     defineEventHandler(async (event) => {
       const { spec, version, dependencies } = await service.get(param(event, "workspace"));
-      // With npm dependencies on, `dependencies` tells their install status (the pins are in its `packages`).
-      return { ...spec, version, ...(dependencies && { dependencies }) };
+      // The stored body as it was deployed (`dependencies` stays the pins), plus what is derived.
+      return { ...spec, version, ...(dependencies && { dependencyStatus: dependencies }) };
     }),
   );
 
@@ -94,6 +98,7 @@ export function createApiHandler(options: ApiOptions): EventHandler {
 
   return defineEventHandler(async (event) => {
     try {
+      checkApiKey?.(event);
       return await router.handler(event);
     } catch (error) {
       const { status, body } = errorResponse(error);

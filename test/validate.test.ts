@@ -1,7 +1,7 @@
 /** What a deploy body may contain, and how each mistake is named. */
 import { describe, expect, it } from "vitest";
 import { ServiceError } from "../runtime/errors.ts";
-import { identifierProblem, parseWorkspaceSpec } from "../runtime/validate.ts";
+import { identifierProblem, parseWorkspaceSpec, pythonIdentifierProblem } from "../runtime/validate.ts";
 
 function issuesOf(body: unknown): Array<{ path: string; message: string }> {
   try {
@@ -74,5 +74,59 @@ describe("function and parameter names", () => {
     for (const name of ["return", "class", "await", "default", "eval", "arguments", "cache", "console", "require", "module", "fetch", "URL", "Buffer", "JSON", "constructor", "__proto__", "toString", "__fx_params"]) {
       expect(identifierProblem(name), name).toBeDefined();
     }
+  });
+});
+
+describe("names of Python functions and their parameters", () => {
+  const python = (name: string, parameters: Record<string, unknown> = {}) => ({ functions: { [name]: { code: "return 1", language: "python", parameters } } });
+
+  it("accepts Python identifiers, soft keywords, and builtins as parameter names", () => {
+    const parameters = Object.fromEntries(["name", "_x", "données", "名前", "match", "type", "id", "input", "filter", "format", "result"].map((p) => [p, {}]));
+    expect(() => parseWorkspaceSpec(python("processData", parameters))).not.toThrow();
+    for (const name of ["hello", "_private", "match", "données"]) expect(pythonIdentifierProblem(name, "function"), name).toBeUndefined();
+  });
+
+  it("rejects Python keywords that JavaScript allows, naming the offender", () => {
+    for (const keyword of ["from", "lambda", "None", "True", "False", "and", "or", "not", "is", "def", "del", "nonlocal", "pass", "raise", "except", "elif", "assert", "async", "as"]) {
+      const issues = issuesOf(python("f", { [keyword]: { type: "string" } }));
+      expect(issues, keyword).toEqual([{ path: `functions.f.parameters.${keyword}`, message: `Python parameter name '${keyword}' is a Python keyword` }]);
+      expect(issuesOf(python(keyword))[0], keyword).toEqual({ path: `functions.${keyword}`, message: `Python function name '${keyword}' is a Python keyword` });
+    }
+  });
+
+  it("reports JavaScript reserved words once, with the existing message", () => {
+    expect(issuesOf(python("f", { class: {} }))).toEqual([{ path: "functions.f.parameters.class", message: "parameter name 'class' is a reserved word" }]);
+  });
+
+  it("rejects what Python cannot parse as a name: $, ZWNJ, and names Python would read differently (NFKC)", () => {
+    expect(issuesOf(python("f", { $el: {} }))[0].message).toMatch(/^Python parameter name must be a valid Python identifier/);
+    expect(issuesOf(python("my$fn"))[0]).toMatchObject({ path: "functions.my$fn", message: expect.stringMatching(/valid Python identifier/) });
+    expect(pythonIdentifierProblem("ab\u200C", "parameter")).toMatch(/valid Python identifier/);
+    expect(issuesOf(python("f", { "\uFB01lter": {} }))[0].message).toBe("Python parameter name must be written in Unicode NFKC form (Python reads '\uFB01lter' as 'filter')");
+  });
+
+  it("rejects names that would shadow what the kernel provides, and dunders", () => {
+    expect(issuesOf(python("f", { print: {} }))).toEqual([{ path: "functions.f.parameters.print", message: "Python parameter name 'print' would shadow a name the Python kernel provides" }]);
+    expect(issuesOf(python("print"))[0].message).toBe("Python function name 'print' would shadow a name the Python kernel provides");
+    expect(issuesOf(python("f", { NameError: {} }))[0].message).toMatch(/would shadow a name the Python kernel provides/);
+    expect(issuesOf(python("f", { cache: {} }))[0].message).toBe("parameter name 'cache' would shadow a sandbox global"); // the JavaScript rule already says it
+    expect(issuesOf(python("__builtins__"))[0].message).toBe("Python function name '__builtins__' is a Python special name (__...__)");
+    expect(issuesOf(python("f", { __name__: {} }))[0].message).toMatch(/special name/);
+  });
+
+  it("rejects function names that would replace a builtin in every sibling function", () => {
+    for (const name of ["sum", "len", "str", "open", "sorted", "ValueError"]) {
+      expect(issuesOf(python(name))[0], name).toEqual({ path: `functions.${name}`, message: `Python function name '${name}' would shadow a Python builtin in every function of the workspace` });
+    }
+  });
+
+  it("leaves Node functions, and Python names in Node functions, to the JavaScript rules", () => {
+    expect(() => parseWorkspaceSpec({ functions: { lambda: { code: "return 1" }, sum: { code: "return from", parameters: { from: {}, None: {} } } } })).not.toThrow();
+    expect(() => parseWorkspaceSpec({ functions: { sum: { code: "return 1", language: "nodejs" } } })).not.toThrow();
+  });
+
+  it("reports every Python problem of a body at once", () => {
+    const issues = issuesOf({ functions: { lambda: { code: "", language: "python", parameters: { from: {}, print: {}, ok: {} } }, len: { code: "", language: "python" } } });
+    expect(issues.map((issue) => issue.path)).toEqual(["functions.lambda", "functions.lambda.parameters.from", "functions.lambda.parameters.print", "functions.len"]);
   });
 });

@@ -500,6 +500,13 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if os.environ.get("PYTHON_API_EXIT_WITH_STDIN") == "1":
+        # Started by the service with a pipe as stdin: its end closes when the service dies, even
+        # by SIGKILL, and the API goes with it instead of living on as an orphan.
+        def watch_parent():
+            sys.stdin.buffer.read()
+            stop(None, None)
+        threading.Thread(target=watch_parent, daemon=True).start()
     host = f"[{config['host']}]" if ":" in config["host"] else config["host"]
     print(f"python-api listening on http://{host}:{httpd.server_address[1]}", flush=True)
     try:

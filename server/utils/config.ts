@@ -4,9 +4,17 @@
  * message naming the variable.
  */
 
-export type StorageType = "filesystem" | "memory" | "redis";
+import { parseEgressList, type EgressOptions } from "../../runtime/egress.mjs";
+import { isPackageName } from "../../runtime/validate.ts";
+
+export type StorageType = "filesystem" | "memory" | "redis" | "cloudflare-kv";
 export type SandboxName = "vm2" | "quickjs";
 export type PythonApiMode = "external" | "bundled";
+/**
+ * What the build runs on: Node; Deno (its Node compatibility runs everything but vm2); or an edge
+ * runtime (workerd) with neither worker threads nor a file system.
+ */
+export type ConfigTarget = "node" | "deno" | "edge";
 
 export interface ServiceConfig {
   port: number;
@@ -15,16 +23,35 @@ export interface ServiceConfig {
   redisUrl: string;
   /** Prefix of every key in Redis (`FUNCTIONS_STORAGE_REDIS_PREFIX`): instances sharing it share workspaces. */
   redisPrefix: string;
+  /** `FUNCTIONS_STORAGE_KV_BINDING`: the worker's KV namespace binding that holds the workspaces (edge). */
+  kvBinding: string;
   sandbox: SandboxName;
+  /** `FUNCTIONS_QUICKJS_MEMORY_LIMIT_MB`: memory a workspace's QuickJS runtime may grow by. */
+  quickjsMemoryLimitMb: number;
+  /** `FUNCTIONS_SANDBOX_PROCESSES`: child processes hosting the sandbox; 0 keeps it in this process. */
+  sandboxProcesses: number;
+
   runTimeoutMs: number;
   maxWorkers: number;
   builtinModules: string[];
   npmRegistry?: string;
+  /** `NODE_MODULES_DIRECTORY`: where workspace npm installs go (local disk). */
+  nodeModulesDir: string;
+  /** `SHARED_NODE_MODULES_DIRECTORY`: packages every workspace may use without an install. */
+  sharedNodeModulesDir?: string;
+  /** `NODEJS_PACKAGES_WHITELIST_IMPORT`; undefined: every package. */
+  packagesWhitelist?: string[];
+  /** `NODEJS_PACKAGES_BLACKLIST_IMPORT`; wins over the whitelist. */
+  packagesBlacklist: string[];
   workerMemoryLimitMb: number;
   workerIdleTimeoutMs: number;
   updateScriptsOnStartup: boolean;
   requestMaxBytes: number;
   bufferAllocLimitBytes: number;
+  /** `FUNCTIONS_EGRESS_POLICY`, `FUNCTIONS_EGRESS_ALLOW`, `FUNCTIONS_EGRESS_DENY`: what function code may connect to. */
+  egress: EgressOptions;
+  /** `FUNCTIONS_API_KEY`: when set, every request but the health check must carry it as a Bearer token. */
+  apiKey?: string;
   /** `external`: use `pythonApiUrl`; `bundled`: start runtime/python/server.py and use it. */
   pythonApiMode: PythonApiMode;
   pythonApiUrl: string;
@@ -40,7 +67,9 @@ export class ConfigError extends Error {
   }
 }
 
-type Env = Record<string, string | undefined>;
+/** Variables by name. Edge runtimes hand over every binding: vars may be numbers or booleans, and the
+ * KV namespace bindings are objects. */
+type Env = Record<string, unknown>;
 
 const SIZE_UNITS: Record<string, number> = { b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 };
 
@@ -59,10 +88,18 @@ function redisPrefix(text: string): string {
   return text;
 }
 
-export function loadConfig(env: Env = process.env): ServiceConfig {
+/** A KV namespace binding, as far as the `cloudflare-kv-binding` driver needs one. */
+function isKvNamespace(binding: unknown): boolean {
+  return typeof binding === "object" && binding !== null && ["get", "put", "delete", "list"].every((method) => typeof (binding as Record<string, unknown>)[method] === "function");
+}
+
+/** Off Node the defaults are the ones that exist there (QuickJS; KV on the edge) and the rest is refused. */
+export function loadConfig(env: Env = process.env, target: ConfigTarget = "node"): ServiceConfig {
+  const edge = target === "edge";
   const read = (name: string, fallback: string) => {
-    const value = env[name];
-    return value === undefined || value.trim() === "" ? fallback : value.trim();
+    const raw = env[name];
+    const value = typeof raw === "number" || typeof raw === "boolean" ? String(raw) : typeof raw === "string" ? raw.trim() : "";
+    return value === "" ? fallback : value;
   };
   const integer = (name: string, fallback: number, min: number, unit = "") => {
     const text = read(name, String(fallback));
@@ -89,6 +126,14 @@ export function loadConfig(env: Env = process.env): ServiceConfig {
       throw new ConfigError(name, `must be a URL, got ${JSON.stringify(text)}`);
     }
   };
+  const packageList = (name: string): string[] | undefined => {
+    const text = read(name, "");
+    if (text === "") return undefined;
+    const names = text.split(",").map((s) => s.trim()).filter(Boolean);
+    const invalid = names.find((n) => !isPackageName(n));
+    if (invalid !== undefined) throw new ConfigError(name, `has an invalid npm package name ${JSON.stringify(invalid)}`);
+    return names;
+  };
   const builtins = read("NODE_BUILTIN_MODULES", read("NODEJS_BUILTIN_MODULES", "http, https, url, util, zlib, dns, stream, buffer, crypto"));
   const builtinModules = builtins.split(",").map((s) => s.trim().replace(/^node:/, "")).filter(Boolean);
   for (const name of builtinModules) {
@@ -105,28 +150,65 @@ export function loadConfig(env: Env = process.env): ServiceConfig {
   const pythonAutostart = ["yes", "true", "1"].includes(autostart);
   if (read("KERNEL_POOL_SIZE", "") !== "") integer("KERNEL_POOL_SIZE", 1, 1); // named here rather than by a failing child
   const port = integer("PORT", 4000, 0);
+  const egressList = (name: string): string[] => {
+    const entries = read(name, "").split(",").map((s) => s.trim()).filter(Boolean);
+    try {
+      parseEgressList(entries);
+    } catch (error) {
+      throw new ConfigError(name, `has an invalid entry: ${(error as Error).message}`);
+    }
+    return entries;
+  };
+  // Never echoed: a config error must not print the key.
+  const apiKey = read("FUNCTIONS_API_KEY", "");
+  if (apiKey !== "" && !/^[\w.~+/=-]{16,}$/.test(apiKey)) throw new ConfigError("FUNCTIONS_API_KEY", "must be at least 16 characters of letters, digits and -._~+/=");
   if (port > 65535) throw new ConfigError("PORT", `must be at most 65535, got ${port}`);
+  const storageType = edge
+    ? oneOf("FUNCTIONS_STORAGE_TYPE", "cloudflare-kv", ["cloudflare-kv", "memory"] as const)
+    : oneOf("FUNCTIONS_STORAGE_TYPE", "filesystem", ["filesystem", "memory", "redis"] as const);
+  const kvBinding = read("FUNCTIONS_STORAGE_KV_BINDING", "FUNCTIONS_KV");
+  const sandboxProcesses = integer("FUNCTIONS_SANDBOX_PROCESSES", target === "node" ? 2 : 0, 0);
+  // They talk over Node's IPC channel, which Deno's child processes lack (and workerd has no processes).
+  if (target !== "node" && sandboxProcesses > 0) throw new ConfigError("FUNCTIONS_SANDBOX_PROCESSES", `must be 0 on ${target === "deno" ? "Deno" : "edge runtimes"}, got ${sandboxProcesses}`);
+  if (storageType === "cloudflare-kv" && !isKvNamespace(env[kvBinding])) {
+    throw new ConfigError("FUNCTIONS_STORAGE_KV_BINDING", `names no KV namespace binding of this worker: bind one as ${JSON.stringify(kvBinding)} ([[kv_namespaces]] in wrangler.toml)`);
+  }
   return {
     port,
-    storageType: oneOf("FUNCTIONS_STORAGE_TYPE", "filesystem", ["filesystem", "memory", "redis"] as const),
+    storageType,
     storageDir: read("FUNCTIONS_STORAGE_FILESYSTEM_DIRPATH", "data/functions/"),
     redisUrl: url("FUNCTIONS_STORAGE_REDIS_URL", "redis://127.0.0.1:6379"),
     redisPrefix: redisPrefix(read("FUNCTIONS_STORAGE_REDIS_PREFIX", "functions")),
-    sandbox: oneOf("FUNCTIONS_SANDBOX", "vm2", ["vm2", "quickjs"] as const),
+    kvBinding,
+    // vm2 needs Node itself: edge runtimes have no worker threads, and its worker fails on Deno.
+    sandbox: target === "node" ? oneOf("FUNCTIONS_SANDBOX", "vm2", ["vm2", "quickjs"] as const) : oneOf("FUNCTIONS_SANDBOX", "quickjs", ["quickjs"] as const),
+    quickjsMemoryLimitMb: integer("FUNCTIONS_QUICKJS_MEMORY_LIMIT_MB", 64, 1),
+    sandboxProcesses,
     runTimeoutMs: integer("FUNCTIONS_RUN_TIMEOUT", 20_000, 1),
     maxWorkers: integer("FUNCTIONS_WORKERS_MAX_LRU", 500, 1),
     builtinModules,
-    npmRegistry: env.NPM_CONFIG_REGISTRY ? url("NPM_CONFIG_REGISTRY", "") : undefined,
+    npmRegistry: read("NPM_CONFIG_REGISTRY", "") ? url("NPM_CONFIG_REGISTRY", "") : undefined,
+    nodeModulesDir: read("NODE_MODULES_DIRECTORY", "data/node_modules/"),
+    sharedNodeModulesDir: read("SHARED_NODE_MODULES_DIRECTORY", "") || undefined,
+    packagesWhitelist: packageList("NODEJS_PACKAGES_WHITELIST_IMPORT"),
+    packagesBlacklist: packageList("NODEJS_PACKAGES_BLACKLIST_IMPORT") ?? [],
     workerMemoryLimitMb: integer("NODE_WORKER_MAX_OLD_GENERATION_SIZE_MB", 100, 8, "MB"),
     workerIdleTimeoutMs: integer("INACTIVE_NODE_WORKER_DELETION_TIMEOUT", 3600, 1) * 1000,
     updateScriptsOnStartup: ["yes", "true", "1"].includes(updateScripts),
     requestMaxBytes: size("REQUEST_MAX_SIZE", "1mb"),
     bufferAllocLimitBytes: size("FUNCTIONS_BUFFER_MAX_SIZE", "64mb"),
+    egress: {
+      policy: oneOf("FUNCTIONS_EGRESS_POLICY", "public-only", ["public-only", "allow-all"] as const),
+      allow: egressList("FUNCTIONS_EGRESS_ALLOW"),
+      deny: egressList("FUNCTIONS_EGRESS_DENY"),
+      servicePort: port,
+    },
+    apiKey: apiKey || undefined,
     pythonApiUrl: url("PYTHON_API_URL", "http://localhost:8000"),
     pythonRunTimeoutMs: integer("PYTHON_FUNCTIONS_RUN_TIMEOUT", 20_000, 1),
     // An explicit PYTHON_API_URL is used as it is; without one, the service starts its own.
     pythonApiMode: read("PYTHON_API_URL", "") !== "" || !pythonAutostart ? "external" : "bundled",
-    bundledPythonApiEnv: Object.fromEntries(BUNDLED_PYTHON_API_VARIABLES.flatMap((name) => (env[name] === undefined ? [] : [[name, env[name]!]]))),
+    bundledPythonApiEnv: Object.fromEntries(BUNDLED_PYTHON_API_VARIABLES.flatMap((name) => (typeof env[name] === "string" ? [[name, env[name] as string]] : []))),
   };
 }
 

@@ -226,7 +226,7 @@ describe("error table", () => {
   });
 
   it("500 MemoryLimitError when a worker runs out of heap; the next run works", async () => {
-    await server.deploy("bomb", { functions: { f: { code: "const a = []; while (true) a.push(new Array(1e5).fill(Math.random()));" }, ok: { code: "return 'ok'" } } });
+    await server.deploy("bomb", { functions: { f: { code: "const a = []; while (true) a.push(new Array(1e6).fill(Math.random()));" }, ok: { code: "return 'ok'" } } });
     const reply = await server.run("bomb", "f");
     expect(reply.status).toBe(500);
     expect(reply.body.error).toBe("MemoryLimitError");
@@ -285,7 +285,8 @@ describe("isolation", () => {
 
 describe("workers", () => {
   it("keeps at most FUNCTIONS_WORKERS_MAX_LRU workers: the least recently used is ended, and re-created on its next run", async () => {
-    const small = await startServer({ FUNCTIONS_WORKERS_MAX_LRU: "2" });
+    // One sandbox process, so its LRU holds the whole limit.
+    const small = await startServer({ FUNCTIONS_WORKERS_MAX_LRU: "2", FUNCTIONS_SANDBOX_PROCESSES: "1" });
     try {
       const counter = { functions: { inc: { code: "cache.n = (cache.n || 0) + 1; return cache.n;" } } };
       for (const ws of ["w1", "w2", "w3"]) await small.deploy(ws, counter);

@@ -75,12 +75,14 @@ describe("the packed package", () => {
       "dist/runtime/adapters/vm2/index.js",
       "dist/runtime/adapters/vm2/index.d.ts",
       "dist/runtime/adapters/vm2/worker.mjs",
+      "dist/runtime/adapters/vm2/builtins.mjs",
+      "dist/runtime/egress.mjs",
       "dist/storage/drivers/fs-atomic.js",
       "dist/storage/drivers/fs-atomic.d.ts",
     ]) {
       expect(packedFiles).toContain(file);
     }
-    const unexpected = packedFiles.filter((path) => !/^(dist\/.+\.(js|d\.ts|mjs)|package\.json|README\.md|LICENSE)$/.test(path));
+    const unexpected = packedFiles.filter((path) => !/^(dist\/.+\.(js|d\.ts|mjs|d\.mts)|package\.json|README\.md|LICENSE)$/.test(path));
     expect(unexpected).toEqual([]);
   });
 

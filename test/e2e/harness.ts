@@ -40,13 +40,29 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/** What runs the server. @default this Node, on the build of global-setup.ts */
+export interface ServerCommand {
+  file: string;
+  args: string[];
+}
+
 /** Starts the server; `env` adds or overrides variables (the storage dir defaults to a fresh temp dir). */
-export async function startServer(env: Record<string, string> = {}): Promise<RunningServer> {
+export async function startServer(env: Record<string, string> = {}, command?: ServerCommand): Promise<RunningServer> {
   const port = await freePort();
   const storageDir = env.FUNCTIONS_STORAGE_FILESYSTEM_DIRPATH ?? mkdtempSync(resolve(".tmp/e2e-data-"));
   const ownsStorage = env.FUNCTIONS_STORAGE_FILESYSTEM_DIRPATH === undefined;
-  const child = spawn(process.execPath, [inject("serverEntry")], {
-    env: { PATH: process.env.PATH ?? "", PORT: String(port), FUNCTIONS_STORAGE_FILESYSTEM_DIRPATH: storageDir, ...env },
+  const modulesDir = env.NODE_MODULES_DIRECTORY ?? mkdtempSync(resolve(".tmp/e2e-modules-"));
+  const { file, args } = command ?? { file: process.execPath, args: [inject("serverEntry")] };
+  const child = spawn(file, args, {
+    // npm installs go to a directory of this server's, from no registry unless a test names one.
+    env: {
+      PATH: process.env.PATH ?? "",
+      PORT: String(port),
+      FUNCTIONS_STORAGE_FILESYSTEM_DIRPATH: storageDir,
+      NODE_MODULES_DIRECTORY: modulesDir,
+      NPM_CONFIG_REGISTRY: "http://127.0.0.1:9/",
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
@@ -112,6 +128,7 @@ export async function startServer(env: Record<string, string> = {}): Promise<Run
         clearTimeout(timer);
       }
       if (ownsStorage) rmSync(storageDir, { recursive: true, force: true });
+      if (env.NODE_MODULES_DIRECTORY === undefined) rmSync(modulesDir, { recursive: true, force: true });
     },
   };
 }

@@ -382,9 +382,23 @@ describe("Python API unreachable", () => {
       const reply = await other.run("py-down", "hello");
       expect(reply.status).toBe(502);
       expect(reply.body.error).toBe("PythonApiError");
-      expect(reply.body.message).toMatch(/^The Python API at http:\/\/127\.0\.0\.1:1 \(PYTHON_API_URL\) could not be reached: .*port/); // fetch refuses port 1 itself ("bad port")
+      expect(reply.body.message).toMatch(/^The Python API at http:\/\/127\.0\.0\.1:1 \(PYTHON_API_URL\) could not be reached: /);
     } finally {
       await other.stop();
+    }
+  });
+});
+
+describe.skipIf(!hasPython)("the bundled Python API's lifetime", () => {
+  it("ends with the service even when the service is killed with SIGKILL", async () => {
+    const service = await startServer({ KERNEL_POOL_SIZE: "1" });
+    try {
+      const [api] = childrenOf(service.process.pid!, "server.py");
+      expect(api).toBeGreaterThan(0);
+      service.process.kill("SIGKILL");
+      await expect.poll(() => isRunning(api), { timeout: 10_000, interval: 100 }).toBe(false);
+    } finally {
+      await service.stop();
     }
   });
 });

@@ -9,13 +9,15 @@
  *   spinning after its run returned) is terminated by the periodic check.
  * - heap (hard): `resourceLimits.maxOldGenerationSizeMb`; exhausting it ends the worker and answers
  *   `MemoryLimitError`.
- * - Buffer allocations (hard): vm2's `bufferAllocLimit`.
+ * - Buffer allocations (hard): vm2's `bufferAllocLimit`; the same number caps each decompression.
+ * - outbound connections (hard, checked at connect time): the egress policy (runtime/egress.mjs).
  * - workers: at most `maxWorkers` live, least recently used ended first; idle ones end after
  *   `idleTimeoutMs`.
  */
 import { Script } from "node:vm";
 import { Worker } from "node:worker_threads";
 import { LRUCache } from "lru-cache";
+import { createEgressPolicy, type EgressOptions } from "../../egress.mjs";
 import { adapterDisposed } from "../../errors.ts";
 import { mapStack, SCRIPT_FILENAME, transformImports } from "../../script.ts";
 import type { CompiledWorkspace, RunError, RunOptions, RunOutcome, RunRequest, SandboxAdapter, SyntaxProblem } from "../../types.ts";
@@ -29,13 +31,18 @@ export interface Vm2AdapterOptions {
   memoryLimitMb?: number;
   /** Builtins `require()` may load (`NODE_BUILTIN_MODULES`). */
   builtinModules?: string[];
-  /** Largest single Buffer a function may allocate. @default 64 MiB */
+  /** Largest single Buffer a function may allocate, and most bytes one decompression may produce. @default 64 MiB */
   bufferAllocLimitBytes?: number;
+  /** What function code may connect to (`FUNCTIONS_EGRESS_*`). @default public addresses only */
+  egress?: EgressOptions;
   /** Where the worker script is; the Nitro build passes its own copy. */
   workerUrl?: URL;
   /** Keep one worker started ahead of need, so a new workspace's first run skips the start-up. @default true */
   prestart?: boolean;
 }
+
+/** The worker script (in a Nitro build, its shipped copy): sandbox processes are told where it is. */
+export const VM2_WORKER_URL = new URL("./worker.mjs", import.meta.url);
 
 export const DEFAULT_BUILTIN_MODULES = ["http", "https", "url", "util", "zlib", "dns", "stream", "buffer", "crypto"];
 
@@ -43,7 +50,7 @@ interface PendingRun {
   resolve(outcome: RunOutcome): void;
   workspace: CompiledWorkspace;
   started: number;
-  timer: NodeJS.Timeout;
+  timer?: NodeJS.Timeout;
 }
 
 interface WorkerHandle {
@@ -94,10 +101,12 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
   const maxWorkers = options.maxWorkers ?? 500;
   const idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
   const memoryLimitMb = options.memoryLimitMb ?? 100;
-  const workerUrl = options.workerUrl ?? new URL("./worker.mjs", import.meta.url);
+  const workerUrl = options.workerUrl ?? VM2_WORKER_URL;
+  createEgressPolicy(options.egress); // an invalid entry fails here, not in every worker
   const workerData = {
     builtinModules: options.builtinModules ?? DEFAULT_BUILTIN_MODULES,
     bufferAllocLimitBytes: options.bufferAllocLimitBytes ?? 64 * 1024 * 1024,
+    egress: options.egress ?? {},
     beatMs: 50,
     maxLogEntries: 1000,
     maxLogBytes: 1024 * 1024,
@@ -304,8 +313,14 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
       }
       const id = nextRunId++;
       return new Promise<RunOutcome>((resolve) => {
-        const timer = setTimeout(() => onDeadline(handle, id, runOptions.timeoutMs), runOptions.timeoutMs);
-        handle.pending.set(id, { resolve, workspace, started: performance.now(), timer });
+        const pending: PendingRun = { resolve, workspace, started: performance.now() };
+        const arm = () => {
+          if (handle.pending.has(id)) pending.timer = setTimeout(() => onDeadline(handle, id, runOptions.timeoutMs), runOptions.timeoutMs);
+        };
+        handle.pending.set(id, pending);
+        // The deadline is the function's: a worker still starting (a loaded machine) does not eat it.
+        if (handle.isReady) arm();
+        else void handle.ready.then(arm);
         runOptions.signal?.addEventListener("abort", () => onDeadline(handle, id, runOptions.timeoutMs), { once: true });
         post(handle, { t: "run", id, version: workspace.version, fn: request.functionName, params: JSON.stringify(request.parameters) });
       });

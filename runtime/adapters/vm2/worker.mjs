@@ -13,8 +13,15 @@ import { join, sep } from "node:path";
 import { format } from "node:util";
 import { parentPort, workerData } from "node:worker_threads";
 import { NodeVM } from "vm2";
+import { explainEgressDenials, installEgressGuard } from "../../egress.mjs";
+import { hardenBuiltins } from "./builtins.mjs";
 
 const { builtinModules, bufferAllocLimitBytes, heartbeat, beatMs, maxLogEntries, maxLogBytes } = workerData;
+
+// Before any code is loaded: every connection of this thread meets the egress policy, and the
+// builtins lose what would reach past a run (runtime/egress.mjs, ./builtins.mjs).
+installEgressGuard(workerData.egress);
+hardenBuiltins({ maxDecompressedBytes: bufferAllocLimitBytes });
 
 // The host reads this to tell a busy worker (an event loop that still turns) from a stuck one.
 const beat = new Float64Array(heartbeat);
@@ -70,7 +77,7 @@ const narrowDns = {
 
 const SANDBOX_GLOBALS = {
   console: sandboxConsole,
-  fetch,
+  fetch: explainEgressDenials(fetch),
   URL,
   URLSearchParams,
   TextEncoder,
@@ -98,8 +105,10 @@ const INVOKER = `Error.prepareStackTrace = function (error, sites) {
   var out;
   try { out = String(error); } catch (e) { out = "Error"; }
   for (var i = 0; i < sites.length; i++) {
-    var s = sites[i], fn = s.getFunctionName();
-    out += "\\n    at " + (fn ? fn + " (" : "") + s.getFileName() + ":" + s.getLineNumber() + ":" + s.getColumnNumber() + (fn ? ")" : "");
+    var s = sites[i], fn = s.getFunctionName(), file = s.getFileName();
+    // Frames of the host (the worker, absolute paths of packages) would tell function code where it runs.
+    if (!file || /^(\\/|file:|node:)/.test(file)) continue;
+    out += "\\n    at " + (fn ? fn + " (" : "") + file + ":" + s.getLineNumber() + ":" + s.getColumnNumber() + (fn ? ")" : "");
   }
   return out;
 };
