@@ -15,8 +15,8 @@ afterAll(async () => {
   await server?.stop();
 });
 
-function sandboxPids(): number[] {
-  const out = execFileSync("ps", ["-o", "pid=,args=", "--ppid", String(server.process.pid)], { encoding: "utf8" });
+function sandboxPids(of: RunningServer = server): number[] {
+  const out = execFileSync("ps", ["-o", "pid=,args=", "--ppid", String(of.process.pid)], { encoding: "utf8" });
   return out
     .split("\n")
     .filter((line) => line.includes("sandbox-process/child.mjs"))
@@ -56,5 +56,27 @@ describe("sandbox processes", () => {
     expect(answered.length + crashed.length).toBe(ids.length);
     for (const id of ids) expect((await server.run(id, "wait")).status).toBe(200);
     expect(sandboxPids()).not.toContain(victim);
+  });
+});
+
+describe("native work", () => {
+  it("a long native call is stopped at the deadline: the run answers 504 and its thread's process is replaced", async () => {
+    const timed = await startServer({ FUNCTIONS_SANDBOX_PROCESSES: "1", FUNCTIONS_RUN_TIMEOUT: "1000" });
+    try {
+      await timed.deploy("kdf", { functions: { derive: { code: "return require('crypto').pbkdf2Sync('a', 'b', 2e8, 64, 'sha512').length;" }, ok: { code: "return 'ok'" } } });
+      await timed.deploy("other", { functions: { ok: { code: "return 'ok'" } } });
+      expect((await timed.run("other", "ok")).status).toBe(200);
+      const [before] = sandboxPids(timed);
+      const started = performance.now();
+      const reply = await timed.run("kdf", "derive");
+      expect(reply.status).toBe(504);
+      expect(performance.now() - started).toBeLessThan(3000);
+      // The process whose thread is stuck in pbkdf2 exits 2 s later; the next runs get a fresh one.
+      await expect.poll(() => sandboxPids(timed).includes(before), { timeout: 15_000, interval: 200 }).toBe(false);
+      expect((await timed.run("other", "ok")).status).toBe(200);
+      expect((await timed.run("kdf", "ok")).body.result).toBe("ok");
+    } finally {
+      await timed.stop();
+    }
   });
 });

@@ -20,7 +20,14 @@ async function createAdapter(sandbox: SandboxSpec): Promise<SandboxAdapter> {
     return quickjs;
   }
   const { createVm2Adapter } = await import("../vm2/index.ts");
-  return createVm2Adapter({ ...(sandbox.options as object), workerUrl: new URL(sandbox.options.workerUrl) });
+  return createVm2Adapter({
+    ...(sandbox.options as object),
+    workerUrl: new URL(sandbox.options.workerUrl),
+    // A thread stuck in native code past its deadline takes this process down: the last resort,
+    // after which the service fails the runs here and starts a fresh process. SIGKILL, because
+    // process.exit() would wait for that very thread to stop.
+    onWorkerStuck: () => process.kill(process.pid, "SIGKILL"),
+  });
 }
 
 /** Replies settled during one turn of the event loop go out as one message. */

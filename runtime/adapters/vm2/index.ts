@@ -39,6 +39,11 @@ export interface Vm2AdapterOptions {
   workerUrl?: URL;
   /** Keep one worker started ahead of need, so a new workspace's first run skips the start-up. @default true */
   prestart?: boolean;
+  /**
+   * Called when a worker told to end is still busy in native code 2 s later. A sandbox process
+   * exits then (see sandbox-process/child.ts), which ends the thread for sure.
+   */
+  onWorkerStuck?: () => void;
 }
 
 /** The worker script (in a Nitro build, its shipped copy): sandbox processes are told where it is. */
@@ -256,7 +261,12 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
   async function endWorker(handle: WorkerHandle): Promise<void> {
     if (handle.ended) return;
     handle.ended = true;
+    // terminate() cannot interrupt a native call (a huge pbkdf2Sync): the thread ends when it
+    // returns. Past a grace period, the host is told, to end the whole process if it can.
+    const stuck = setTimeout(() => options.onWorkerStuck?.(), 2000);
+    stuck.unref();
     await handle.worker.terminate();
+    clearTimeout(stuck);
   }
 
   function terminate(handle: WorkerHandle, error: RunError): void {
