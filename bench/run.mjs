@@ -32,9 +32,10 @@ function line(label, result) {
   );
 }
 
-async function warmSection(sandbox) {
-  console.log(`\n## Warm runs, ${sandbox} (${seconds} s per phase)`);
-  const service = await startService(entry, { FUNCTIONS_SANDBOX: sandbox });
+async function warmSection(sandbox, processes = "2") {
+  const where = processes === "0" ? "in the HTTP process" : `in ${processes} sandbox processes`;
+  console.log(`\n## Warm runs, ${sandbox} ${where} (${seconds} s per phase)`);
+  const service = await startService(entry, { FUNCTIONS_SANDBOX: sandbox, FUNCTIONS_SANDBOX_PROCESSES: processes });
   const bare = await startProcess(fileURLToPath(new URL("./bare-h3.mjs", import.meta.url)), {}, async (url) => (await send(url, "POST", "/v2/functions/x/run/y", { parameters: { name: "a" } })).status === 200);
   try {
     await send(service.url, "POST", "/v2/functions/bench", hello);
@@ -105,6 +106,8 @@ async function memorySection(sandbox) {
 
 for (const sandbox of sandboxes) {
   await warmSection(sandbox);
+  // The same without the process boundary (FUNCTIONS_SANDBOX_PROCESSES=0): what the extra hop costs.
+  if (sandbox === "vm2") await warmSection(sandbox, "0");
   await coldSection(sandbox);
   await memorySection(sandbox);
 }
