@@ -12,6 +12,20 @@ function tooLarge(maxBytes: number): ServiceError {
   return new ServiceError("PayloadTooLargeError", `Request body exceeds the ${maxBytes} byte limit (REQUEST_MAX_SIZE)`);
 }
 
+/** Past the limit, discard what is still coming (up to a bound) before answering, like Node does. */
+const DISCARD_LIMIT_BYTES = 16 * 1024 * 1024;
+
+async function discardRest(reader: ReadableStreamDefaultReader<Uint8Array>): Promise<void> {
+  // Cancelling a body the client is still sending resets the connection on some runtimes (workerd):
+  // the client would see a reset instead of the 413.
+  for (let discarded = 0; discarded < DISCARD_LIMIT_BYTES; ) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    discarded += value.byteLength;
+  }
+  await reader.cancel();
+}
+
 async function readLimited(event: H3Event, maxBytes: number): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];
   let total = 0;
@@ -31,7 +45,7 @@ async function readLimited(event: H3Event, maxBytes: number): Promise<Uint8Array
       if (done) break;
       total += value.byteLength;
       if (total > maxBytes) {
-        await reader.cancel();
+        await discardRest(reader);
         throw tooLarge(maxBytes);
       }
       chunks.push(value);
