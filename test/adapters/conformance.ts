@@ -250,6 +250,15 @@ export function runConformance(target: ConformanceTarget): void {
       });
     });
 
+    const leaveTimer: Code = { nodejs: "setTimeout(() => { cache.late = true; }, 30);\nfunction tick() { cache.ticks = (cache.ticks || 0) + 1; setTimeout(tick, 10); }\nsetTimeout(tick, 10);\nreturn 'answered';" };
+    const readLate: Code = { nodejs: "return [cache.late ?? false, cache.ticks ?? 0];" };
+    itIn(leaveTimer, "a run ends when it answers: timers it did not wait for never fire", async () => {
+      const ws = workspace(newId(), language, { leave: { code: leaveTimer }, read: { code: readLate } });
+      expect(expectOk(await run(ws, "leave")).result).toBe("answered");
+      await new Promise((r) => setTimeout(r, 150));
+      expect(expectOk(await run(ws, "read")).result).toEqual([false, 0]);
+    });
+
     const v1: Code = { nodejs: "return 'v1';", python: "return 'v1'" };
     const v2: Code = { nodejs: "return 'v2';", python: "return 'v2'" };
     itIn(v1, "a new version of a workspace is what the next run executes", async () => {

@@ -35,7 +35,7 @@ const currentRun = new AsyncLocalStorage();
 
 /** @type {{version: string, modules?: object, call?: Function, loadError?: object} | undefined} */
 let loaded;
-/** Runs in progress by id; a run the host cancelled (deadline passed) answers nothing. */
+/** Runs in progress by id; a run the host cancelled (deadline passed) is gone from here. */
 const active = new Map();
 
 function record(level, args) {
@@ -112,20 +112,47 @@ const INVOKER = `Error.prepareStackTrace = function (error, sites) {
   }
   return out;
 };
-module.exports = function (fns, id, name, paramsJson, settle) {
-  function fulfilled(value) {
-    var json;
-    try { json = JSON.stringify(value); } catch (error) {
-      settle(id, false, new TypeError("The function's result is not JSON-serialisable: " + (error && error.message)));
-      return;
+// A run ends when it answers: timers it set and did not wait for are cleared then. They are
+// tracked here, in the sandbox, by the run that created them (the host says which one is current).
+module.exports = function (currentRunId) {
+  var byRun = new Map();
+  function tracked(set, clear) {
+    return function () {
+      var handle = set.apply(this, arguments);
+      var id = currentRunId();
+      if (id !== undefined) {
+        var handles = byRun.get(id);
+        if (!handles) byRun.set(id, (handles = []));
+        handles.push([clear, handle]);
+      }
+      return handle;
+    };
+  }
+  globalThis.setTimeout = tracked(setTimeout, clearTimeout);
+  globalThis.setInterval = tracked(setInterval, clearInterval);
+  globalThis.setImmediate = tracked(setImmediate, clearImmediate);
+  function endRun(id) {
+    var handles = byRun.get(id);
+    if (!handles) return;
+    byRun.delete(id);
+    for (var i = 0; i < handles.length; i++) handles[i][0](handles[i][1]);
+  }
+  function invoke(fns, id, name, paramsJson, settle) {
+    function fulfilled(value) {
+      var json;
+      try { json = JSON.stringify(value); } catch (error) {
+        settle(id, false, new TypeError("The function's result is not JSON-serialisable: " + (error && error.message)));
+        return;
+      }
+      settle(id, true, json === undefined ? "null" : json);
     }
-    settle(id, true, json === undefined ? "null" : json);
+    try {
+      fns[name](JSON.parse(paramsJson)).then(fulfilled, function (error) { settle(id, false, error); });
+    } catch (error) {
+      settle(id, false, error);
+    }
   }
-  try {
-    fns[name](JSON.parse(paramsJson)).then(fulfilled, function (error) { settle(id, false, error); });
-  } catch (error) {
-    settle(id, false, error);
-  }
+  return { invoke: invoke, endRun: endRun };
 };`;
 
 // Builtins without I/O or host state that npm packages commonly load: allowed once packages are.
@@ -177,8 +204,8 @@ function load({ version, script, modules }) {
     const vm = createVm(modules);
     const factory = vm.run(script, "workspace.js");
     const fns = factory();
-    const invoke = vm.run(INVOKER, "invoker.js");
-    loaded = { version, modules, call: (id, fn, params) => invoke(fns, id, fn, params, settle) };
+    const { invoke, endRun } = vm.run(INVOKER, "invoker.js")(() => currentRun.getStore()?.id);
+    loaded = { version, modules, endRun, call: (id, fn, params) => invoke(fns, id, fn, params, settle) };
   } catch (error) {
     loaded = { version, modules, loadError: describeError(error) };
   }
@@ -220,19 +247,24 @@ function describeError(error) {
 }
 
 function run({ id, version, fn, params }) {
-  const context = { id, logs: [], logBytes: 0, cancelled: false, started: performance.now() };
+  const context = { id, logs: [], logBytes: 0, started: performance.now(), end: loaded?.endRun };
   active.set(id, context);
   if (!loaded || loaded.version !== version) return settle(id, false, new Error(`workspace version ${version} is not loaded`));
   if (loaded.loadError) return settle(id, false, Object.assign(new Error(loaded.loadError.message), loaded.loadError));
   currentRun.run(context, () => loaded.call(id, fn, params));
 }
 
+/** A run is over: forget it and clear the timers it left. */
+function end(context) {
+  active.delete(context.id);
+  context.end?.(context.id);
+}
+
 /** Called once per run, from inside the sandbox or by `run` itself, with the JSON result or the error. */
 function settle(id, ok, value) {
   const context = active.get(id);
   if (!context) return;
-  active.delete(id);
-  if (context.cancelled) return;
+  end(context);
   const reply = ok ? { t: "result", id, ok: true, json: value } : { t: "result", id, ok: false, error: explainPackageError(describeError(value)) };
   reply.logs = context.logs;
   reply.durationMs = performance.now() - context.started;
@@ -263,7 +295,8 @@ function dispatch(message) {
     case "run":
       return run(message);
     case "cancel":
-      if (active.has(message.id)) active.get(message.id).cancelled = true;
+      // Past its deadline: the run is over, nothing of it answers or keeps running.
+      if (active.has(message.id)) end(active.get(message.id));
       return;
   }
 }
