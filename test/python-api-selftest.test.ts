@@ -2,20 +2,13 @@
  * Runs the Python API's own tests (runtime/python/test_server.py, Python's unittest) as a child
  * process, so that `vitest run` — all CI runs — covers them too. Skipped only when python3 is absent.
  */
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { expect, it } from "vitest";
+import { hasPython } from "./fixtures/python.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 
-const hasPython = (() => {
-  try {
-    execFileSync("python3", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 it("the Python API's self-test passes (python3 -m unittest runtime/python/test_server.py)", async (ctx) => {
   if (!hasPython) ctx.skip();

@@ -2,20 +2,12 @@
  * The bundled Python API as a child process (runtime/python-process.ts), and the python-api adapter
  * against it: the real thing, no mocks. Skipped on a machine without python3.
  */
-import { execFileSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createPythonApiAdapter } from "../../runtime/adapters/python-api.ts";
 import { PythonNotFoundError, startBundledPythonApi, type BundledPythonApi } from "../../runtime/python-process.ts";
 import { runConformance } from "./conformance.ts";
+import { hasPython } from "../fixtures/python.ts";
 
-const hasPython = (() => {
-  try {
-    execFileSync("python3", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
 const env = { PATH: process.env.PATH, KERNEL_POOL_SIZE: "2" };
 
 describe.runIf(hasPython)("bundled Python API process", () => {

@@ -4,22 +4,15 @@
  * service is the Node one with QuickJS in worker threads as its sandbox (vm2's worker fails on
  * Deno's Node compatibility) and no sandbox processes (Deno's child processes lack Node's IPC).
  */
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startServer, type RunningServer, type ServerCommand } from "./harness.ts";
+import { hasPython } from "../fixtures/python.ts";
 
-const hasPython = (() => {
-  try {
-    execFileSync("python3", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 mkdirSync(resolve(".tmp"), { recursive: true });
 const buildDir = mkdtempSync(resolve(".tmp/e2e-deno-"));

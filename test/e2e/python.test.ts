@@ -12,15 +12,8 @@ import { readFileSync } from "node:fs";
 import { crc32 } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort, startServer, type RunningServer } from "./harness.ts";
+import { hasPython } from "../fixtures/python.ts";
 
-const hasPython = (() => {
-  try {
-    execFileSync("python3", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 const POOL_SIZE = 2;
 const PYTHON_TIMEOUT_MS = 1500;
