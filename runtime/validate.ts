@@ -4,7 +4,7 @@
  * unless the whole body is valid.
  */
 import { validationError, type ValidationIssue } from "./errors.ts";
-import type { FunctionSpec, Language, ParameterSpec, ParameterType, WorkspaceSpec } from "./types.ts";
+import type { FunctionSpec, Language, ParameterType, WorkspaceSpec } from "./types.ts";
 
 const PARAMETER_TYPES: ReadonlySet<string> = new Set<ParameterType>(["string", "number", "integer", "boolean", "object", "array", "null"]);
 const LANGUAGES: ReadonlySet<string> = new Set<Language>(["nodejs", "python"]);
@@ -218,4 +218,3 @@ export function parseWorkspaceSpec(body: unknown): WorkspaceSpec {
   return spec;
 }
 
-export type { ParameterSpec };

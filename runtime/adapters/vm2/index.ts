@@ -19,7 +19,7 @@ import { Worker } from "node:worker_threads";
 import { LRUCache } from "lru-cache";
 import { createEgressPolicy, type EgressOptions } from "../../egress.mjs";
 import { adapterDisposed } from "../../errors.ts";
-import { mapStack, SCRIPT_FILENAME, transformImports } from "../../script.ts";
+import { mapStack, transformImports } from "../../script.ts";
 import type { CompiledWorkspace, RunError, RunOptions, RunOutcome, RunRequest, SandboxAdapter, SyntaxProblem } from "../../types.ts";
 
 export interface Vm2AdapterOptions {
@@ -358,4 +358,3 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
   return adapter;
 }
 
-export { SCRIPT_FILENAME };
