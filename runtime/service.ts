@@ -15,6 +15,11 @@ import { parseWorkspaceSpec } from "./validate.ts";
 /** An adapter that can also check a body's syntax at deploy, without running it. */
 export type NodeSandboxAdapter = SandboxAdapter & { checkSyntax?(code: string): SyntaxProblem | undefined };
 
+/** The Python adapter; it may compile a spec's Python functions at deploy (`undefined`: could not tell). */
+export type PythonSandboxAdapter = SandboxAdapter & {
+  checkFunctions?(spec: WorkspaceSpec): Promise<Array<{ function: string; line: number; message: string }> | undefined>;
+};
+
 export interface ServiceLogger {
   info(message: string, fields?: Record<string, unknown>): void;
   warn(message: string, fields?: Record<string, unknown>): void;
@@ -26,7 +31,7 @@ export interface FunctionsServiceOptions {
   /** Runs `nodejs` functions. */
   node: NodeSandboxAdapter;
   /** Runs `python` functions; without it they fail with a clear error. */
-  python?: SandboxAdapter;
+  python?: PythonSandboxAdapter;
   /** `FUNCTIONS_RUN_TIMEOUT`. @default 20_000 */
   runTimeoutMs?: number;
   /** `PYTHON_FUNCTIONS_RUN_TIMEOUT`. @default 20_000 */
@@ -127,7 +132,12 @@ export function createFunctionsService(options: FunctionsServiceOptions) {
     async deploy(id: string, body: unknown): Promise<WorkspaceSpec> {
       checkWorkspaceId(id);
       const spec = parseWorkspaceSpec(body);
-      const issues = [...syntaxIssues(spec), ...(dependencies?.check(spec) ?? [])];
+      const pythonProblems = (await python?.checkFunctions?.(spec)) ?? [];
+      const issues = [
+        ...syntaxIssues(spec),
+        ...pythonProblems.map((p) => ({ path: `functions.${p.function}.code`, message: p.message })),
+        ...(dependencies?.check(spec) ?? []),
+      ];
       if (issues.length > 0) throw validationError(issues);
       // The store calls back with the spec it settled on, which is another deploy's when one
       // through another instance finished later; the last call is what is stored.

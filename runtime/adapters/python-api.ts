@@ -14,7 +14,7 @@
  * - Connections are kept alive and pooled by the global fetch (undici).
  */
 import { adapterDisposed } from "../errors.ts";
-import type { CompiledWorkspace, FunctionSpec, LogEntry, LogLevel, RunError, RunOptions, RunOutcome, RunRequest, SandboxAdapter } from "../types.ts";
+import type { CompiledWorkspace, FunctionSpec, LogEntry, LogLevel, RunError, RunOptions, RunOutcome, RunRequest, SandboxAdapter, WorkspaceSpec } from "../types.ts";
 
 export const PROTOCOL_VERSION = 1;
 const ADAPTER_NAME = "python-api";
@@ -99,12 +99,19 @@ function describeFetchError(error: unknown): string {
 }
 
 /** The `functions` map of protocol v1: every Python function of the workspace. */
-function pythonFunctions(workspace: CompiledWorkspace): NonNullable<RunBody["functions"]> {
+function pythonFunctions(spec: WorkspaceSpec): NonNullable<RunBody["functions"]> {
   const functions: NonNullable<RunBody["functions"]> = {};
-  for (const [name, fn] of Object.entries(workspace.spec.functions)) {
+  for (const [name, fn] of Object.entries(spec.functions)) {
     if (fn.language === "python") functions[name] = { code: fn.code, parameters: fn.parameters ?? {} };
   }
   return functions;
+}
+
+/** A Python function that does not compile, as `/v1/check` names it. */
+export interface PythonProblem {
+  function: string;
+  line: number;
+  message: string;
 }
 
 /**
@@ -161,10 +168,10 @@ export function createPythonApiAdapter(options: PythonApiAdapterOptions) {
       parameters: request.parameters,
       timeoutMs,
     };
-    if (versionsSent.get(workspace.id) !== workspace.version) body.functions = pythonFunctions(workspace);
+    if (versionsSent.get(workspace.id) !== workspace.version) body.functions = pythonFunctions(workspace.spec);
     let answer = await post(body, signal);
     if (answer.status === 409 && !body.functions && isRecord(answer.json) && answer.json.error === "VersionUnknown") {
-      body.functions = pythonFunctions(workspace);
+      body.functions = pythonFunctions(workspace.spec);
       answer = await post(body, signal);
     }
     const { status, json } = answer;
@@ -180,6 +187,28 @@ export function createPythonApiAdapter(options: PythonApiAdapterOptions) {
   return {
     name: ADAPTER_NAME,
     flags: FLAGS,
+
+    /**
+     * Compiles a spec's Python functions in the Python API (`POST /v1/check`), without running
+     * them: the problems found, or `undefined` when the API could not tell (down, old, slow), in
+     * which case a deploy goes on and a broken function fails at run instead.
+     */
+    async checkFunctions(spec: WorkspaceSpec): Promise<PythonProblem[] | undefined> {
+      const functions = pythonFunctions(spec);
+      if (Object.keys(functions).length === 0) return [];
+      try {
+        const response = await doFetch(`${baseUrl}/v1/check`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ protocol: PROTOCOL_VERSION, functions }),
+          signal: AbortSignal.timeout(5000),
+        });
+        const json = response.ok ? ((await response.json()) as { problems?: unknown }) : undefined;
+        return Array.isArray(json?.problems) ? (json.problems as PythonProblem[]) : undefined;
+      } catch {
+        return undefined;
+      }
+    },
 
     /** The code travels with the first run of a version; nothing to do ahead of it. */
     async load(): Promise<void> {
@@ -224,7 +253,7 @@ export function createPythonApiAdapter(options: PythonApiAdapterOptions) {
       for (const controller of inFlight) controller.abort();
       versionsSent.clear();
     },
-  } satisfies SandboxAdapter;
+  } satisfies SandboxAdapter & Record<string, unknown>;
 }
 
 /**

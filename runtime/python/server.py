@@ -23,6 +23,8 @@ import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import kernel  # beside this file: its compile step serves /v1/check (importing it runs nothing)
+
 PROTOCOL = 1
 KERNEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel.py")
 EXIT_MEMORY = 3  # kernel.py's exit code for a MemoryError it could not answer
@@ -406,6 +408,25 @@ class Pool:
         return job.status, job.payload
 
 
+def check(body):
+    """`POST /v1/check`: compile the functions (never run them) and name the ones that do not.
+    Compiling happens here, in the server: `compile()` executes nothing of the user's code."""
+    try:
+        req = json.loads(body)
+        functions = req["functions"]
+        if req.get("protocol") != 1 or not isinstance(functions, dict):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        return 400, error_body("BadRequest", "expected {\"protocol\": 1, \"functions\": {...}}")
+    problems = []
+    for name, spec in functions.items():
+        fn = kernel.compile_function(name, spec if isinstance(spec, dict) else {}, {})
+        if fn.error:
+            message, line, _text = fn.error
+            problems.append({"function": name, "line": line, "message": message})
+    return 200, json.dumps({"problems": problems}).encode()
+
+
 def make_handler(pool):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the Node side reuses its connections
@@ -449,7 +470,8 @@ def make_handler(pool):
                 self.reply(404, error_body("NotFound", f"no route GET {self.path}"))
 
         def do_POST(self):
-            if self.path.split("?")[0] != "/v1/run":
+            route = self.path.split("?")[0]
+            if route not in ("/v1/run", "/v1/check"):
                 self.reply(404, error_body("NotFound", f"no route POST {self.path}"))
                 return
             try:
@@ -462,7 +484,7 @@ def make_handler(pool):
                 self.close_connection = True
                 self.reply(413, error_body("PayloadTooLarge", f"the body exceeds {MAX_BODY} bytes"))
                 return
-            self.reply(*pool.run(body))
+            self.reply(*(check(body) if route == "/v1/check" else pool.run(body)))
 
     return Handler
 

@@ -252,20 +252,22 @@ describe.runIf(hasPython)("Python functions with the bundled Python API", () => 
     expect(typeof reply.body.duration).toBe("number");
   });
 
-  it("a body that does not compile fails its runs with SyntaxError naming the function and line", async () => {
+  it("a body that does not compile is rejected at deploy, naming the function and line, and nothing is stored", async () => {
     const deploy = await server.deploy("py-syntax", { functions: { broken: py("x = 1\nif x\n    return 2"), fine: py("return 'fine'") } });
-    // SPEC §1 wants code that does not compile rejected at deploy; for Python the service does not
-    // check it yet (it would need python3 at deploy), so the run reports it. Either is accepted here.
-    if (deploy.status === 400) {
-      expect(JSON.stringify(deploy.body.details)).toMatch(/broken.*line 2|line 2.*broken/);
-      return;
+    expect(deploy.status).toBe(400);
+    expect(deploy.body.error).toBe("RequestValidationError");
+    expect(deploy.body.details).toEqual([{ path: "functions.broken.code", message: expect.stringMatching(/function 'broken', line 2/) }]);
+    expect((await server.request("GET", "/v2/functions/py-syntax")).status).toBe(404);
+  });
+
+  it("a deploy goes on when the Python API cannot check it (its runs answer 502 while the API is down)", async () => {
+    const down = await startServer({ PYTHON_API_URL: `http://127.0.0.1:${await freePort()}` });
+    try {
+      expect((await down.deploy("py-unchecked", { functions: { broken: py("if x\n    return 2") } })).status).toBe(200);
+      expect((await down.run("py-unchecked", "broken")).status).toBe(502);
+    } finally {
+      await down.stop();
     }
-    expect(deploy.status).toBe(200);
-    const reply = await server.run("py-syntax", "broken");
-    expect(reply.status).toBe(500);
-    expect(reply.body.details.name).toBe("SyntaxError");
-    expect(reply.body.details.message).toMatch(/function 'broken', line 2/);
-    expect((await server.run("py-syntax", "fine")).body.result).toBe("fine"); // the rest of the workspace works
   });
 
   it("a run that exceeds PYTHON_FUNCTIONS_RUN_TIMEOUT is a 504 TimeoutError, while other workspaces are served; then its workspace works again", async () => {
