@@ -299,6 +299,16 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
     settle(handle, id, { ok: false, error, logs: [], durationMs: performance.now() - pending.started });
   }
 
+  /** The workspace's worker, told to load this version if it holds another (messages keep their order). */
+  function workerWith(workspace: CompiledWorkspace): WorkerHandle {
+    const handle = takeWorker(workspace.id);
+    if (handle.loadedVersion !== workspace.version) {
+      post(handle, { t: "load", version: workspace.version, script: workspace.script, modules: workspace.modules });
+      handle.loadedVersion = workspace.version;
+    }
+    return handle;
+  }
+
   const adapter = {
     name: "vm2",
     flags: { languages: ["nodejs"], memoryLimit: true, builtins: true },
@@ -306,21 +316,13 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
 
     async load(workspace: CompiledWorkspace): Promise<void> {
       if (disposed) throw adapterDisposed("vm2");
-      const handle = takeWorker(workspace.id);
-      if (handle.loadedVersion !== workspace.version) {
-        post(handle, { t: "load", version: workspace.version, script: workspace.script, modules: workspace.modules });
-        handle.loadedVersion = workspace.version;
-      }
+      workerWith(workspace);
     },
 
     run(request: RunRequest, runOptions: RunOptions): Promise<RunOutcome> {
       if (disposed) return Promise.reject(adapterDisposed("vm2"));
       const { workspace } = request;
-      const handle = takeWorker(workspace.id);
-      if (handle.loadedVersion !== workspace.version) {
-        post(handle, { t: "load", version: workspace.version, script: workspace.script, modules: workspace.modules });
-        handle.loadedVersion = workspace.version;
-      }
+      const handle = workerWith(workspace);
       const id = nextRunId++;
       return new Promise<RunOutcome>((resolve) => {
         const pending: PendingRun = { resolve, workspace, started: performance.now() };
@@ -348,11 +350,6 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
       spare = undefined;
       workers.clear();
       await Promise.all(all.map((handle) => terminate(handle, { kind: "function", name: "AdapterDisposedError", message: "The sandbox was shut down" })));
-    },
-
-    /** Live workers, for metrics and tests. */
-    stats() {
-      return { workers: workers.size, spare: spare ? 1 : 0 };
     },
   } satisfies SandboxAdapter & Record<string, unknown>;
   return adapter;
