@@ -197,8 +197,10 @@ export function createEgressPolicy(options = {}) {
  * Node connects to it without a lookup; a local socket (`socketPath`) is only allowed by `allow-all`.
  * The replaced method cannot be reassigned by code that reaches the prototype.
  * @param {EgressOptions} [options]
+ * @param {{ onConnect?: (socket: net.Socket) => void }} [hooks] `onConnect` sees every socket the
+ *   policy lets connect (the vm2 worker ends a run's own sockets with the run).
  */
-export function installEgressGuard(options = {}) {
+export function installEgressGuard(options = {}, hooks = {}) {
   const check = createEgressPolicy(options);
   const allowsLocalSockets = options.policy === "allow-all";
   const connect = net.Socket.prototype.connect;
@@ -239,6 +241,7 @@ export function installEgressGuard(options = {}) {
       process.nextTick(() => this.destroy(error));
       return this;
     }
+    hooks.onConnect?.(this);
     return connect.call(this, net._normalizeArgs(callback ? [socketOptions, callback] : [socketOptions]));
   }
 

@@ -44,6 +44,8 @@ export interface ServiceConfig {
   /** `NODEJS_PACKAGES_BLACKLIST_IMPORT`; wins over the whitelist. */
   packagesBlacklist: string[];
   workerMemoryLimitMb: number;
+  /** `NODE_WORKER_MAX_EXTERNAL_MEMORY_MB`: ArrayBuffers and Buffers per vm2 worker, in sum. */
+  workerExternalMemoryLimitMb: number;
   workerIdleTimeoutMs: number;
   updateScriptsOnStartup: boolean;
   requestMaxBytes: number;
@@ -193,6 +195,7 @@ export function loadConfig(env: Env = process.env, target: ConfigTarget = "node"
     packagesWhitelist: packageList("NODEJS_PACKAGES_WHITELIST_IMPORT"),
     packagesBlacklist: packageList("NODEJS_PACKAGES_BLACKLIST_IMPORT") ?? [],
     workerMemoryLimitMb: integer("NODE_WORKER_MAX_OLD_GENERATION_SIZE_MB", 100, 8, "MB"),
+    workerExternalMemoryLimitMb: integer("NODE_WORKER_MAX_EXTERNAL_MEMORY_MB", 256, 8, "MB"),
     workerIdleTimeoutMs: integer("INACTIVE_NODE_WORKER_DELETION_TIMEOUT", 3600, 1) * 1000,
     updateScriptsOnStartup: ["yes", "true", "1"].includes(updateScripts),
     requestMaxBytes: size("REQUEST_MAX_SIZE", "1mb"),

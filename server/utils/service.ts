@@ -54,6 +54,7 @@ function vm2Options(config: ServiceConfig, maxWorkers: number) {
     memoryLimitMb: config.workerMemoryLimitMb,
     builtinModules: config.builtinModules,
     bufferAllocLimitBytes: config.bufferAllocLimitBytes,
+    externalMemoryLimitMb: config.workerExternalMemoryLimitMb,
     egress: config.egress,
   };
 }

@@ -4,7 +4,7 @@ import type { CompiledWorkspace, RunOutcome } from "../../types.ts";
 
 /** Which sandbox a process hosts, with its options as plain data (URLs as strings). */
 export type SandboxSpec =
-  | { kind: "vm2"; options: { workerUrl: string; maxWorkers?: number; idleTimeoutMs?: number; memoryLimitMb?: number; builtinModules?: string[]; bufferAllocLimitBytes?: number; egress?: EgressOptions } }
+  | { kind: "vm2"; options: { workerUrl: string; maxWorkers?: number; idleTimeoutMs?: number; memoryLimitMb?: number; builtinModules?: string[]; bufferAllocLimitBytes?: number; externalMemoryLimitMb?: number; egress?: EgressOptions } }
   | { kind: "quickjs"; options: { workerUrl: string; memoryLimitMb?: number; maxRuntimes?: number; idleTimeoutMs?: number; threads?: number; egress?: EgressOptions } };
 
 export type ToChild =

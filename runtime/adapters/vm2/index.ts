@@ -10,6 +10,9 @@
  * - heap (hard): `resourceLimits.maxOldGenerationSizeMb`; exhausting it ends the worker and answers
  *   `MemoryLimitError`.
  * - Buffer allocations (hard): vm2's `bufferAllocLimit`; the same number caps each decompression.
+ * - memory outside the heap, in sum (`externalMemoryLimitMb`): checked by the worker at each
+ *   allocation of 1 MiB or more (the allocation throws a RangeError) and at every heartbeat (the
+ *   worker is ended and its runs answer `MemoryLimitError`).
  * - outbound connections (hard, checked at connect time): the egress policy (runtime/egress.mjs).
  * - workers: at most `maxWorkers` live, least recently used ended first; idle ones end after
  *   `idleTimeoutMs`.
@@ -33,6 +36,8 @@ export interface Vm2AdapterOptions {
   builtinModules?: string[];
   /** Largest single Buffer a function may allocate, and most bytes one decompression may produce. @default 64 MiB */
   bufferAllocLimitBytes?: number;
+  /** ArrayBuffers and Buffers alive at once per worker, outside the heap (`NODE_WORKER_MAX_EXTERNAL_MEMORY_MB`). @default 256 */
+  externalMemoryLimitMb?: number;
   /** What function code may connect to (`FUNCTIONS_EGRESS_*`). @default public addresses only */
   egress?: EgressOptions;
   /** Where the worker script is; the Nitro build passes its own copy. */
@@ -75,6 +80,7 @@ interface WorkerHandle {
 type WorkerReply =
   | { t: "ready" }
   | { t: "uncaught"; error: RunError }
+  | { t: "memory"; externalBytes: number }
   | { t: "result"; id: number; ok: true; json: string; logs: RunOutcome["logs"]; durationMs: number }
   | { t: "result"; id: number; ok: false; error: Omit<RunError, "kind">; logs: RunOutcome["logs"]; durationMs: number };
 
@@ -106,11 +112,13 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
   const maxWorkers = options.maxWorkers ?? 500;
   const idleTimeoutMs = options.idleTimeoutMs ?? 3_600_000;
   const memoryLimitMb = options.memoryLimitMb ?? 100;
+  const externalMemoryLimitMb = options.externalMemoryLimitMb ?? 256;
   const workerUrl = options.workerUrl ?? VM2_WORKER_URL;
   createEgressPolicy(options.egress); // an invalid entry fails here, not in every worker
   const workerData = {
     builtinModules: options.builtinModules ?? DEFAULT_BUILTIN_MODULES,
     bufferAllocLimitBytes: options.bufferAllocLimitBytes ?? 64 * 1024 * 1024,
+    maxExternalBytes: externalMemoryLimitMb * 1024 * 1024,
     egress: options.egress ?? {},
     beatMs: 50,
     maxLogEntries: 1000,
@@ -180,6 +188,8 @@ export function createVm2Adapter(options: Vm2AdapterOptions = {}) {
         handle.retiring = true;
         removeFromPool(handle);
         if (handle.pending.size === 0) void endWorker(handle);
+      } else if (reply.t === "memory") {
+        terminate(handle, { kind: "memory", name: "MemoryLimitError", message: `The function ran out of memory outside the heap (limit ${externalMemoryLimitMb} MB of ArrayBuffers and Buffers)` });
       }
     }
     worker.on("error", (error: Error & { code?: string }) => {

@@ -6,32 +6,164 @@
 //
 // Messages in:  {t:"load", version, script, modules?} | {t:"run", id, version, fn, params} | {t:"cancel", id}
 // Messages out: {t:"ready"} | {t:"result", id, ok, json?, error?, logs, durationMs} | {t:"uncaught", error}
+//               | {t:"memory", externalBytes}
 import { AsyncLocalStorage } from "node:async_hooks";
+import { Buffer } from "node:buffer";
+import diagnosticsChannel from "node:diagnostics_channel";
 import dns from "node:dns";
 import { existsSync } from "node:fs";
 import { join, sep } from "node:path";
 import { format } from "node:util";
+import v8 from "node:v8";
+import { runInNewContext } from "node:vm";
+import { createRequire } from "node:module";
 import { parentPort, workerData } from "node:worker_threads";
-import { NodeVM } from "vm2";
 import { explainEgressDenials, installEgressGuard } from "../../egress.mjs";
 import { hardenBuiltins } from "./builtins.mjs";
 
-const { builtinModules, bufferAllocLimitBytes, heartbeat, beatMs, maxLogEntries, maxLogBytes } = workerData;
+/**
+ * vm2, with one change to its sandbox-side bridge: a host object entering the sandbox has each of
+ * its own properties checked for a host `Function` constructor, and for a typed array that means
+ * every index. A 1 MiB Buffer took 0.6 s to cross, and one of 4 MiB made V8 abort the whole
+ * process (a 4M-key array past the heap limit). A typed array's elements are numbers, so views
+ * skip that check (the bridge's property reads still filter what they return). `isView` is
+ * captured when the bridge is set up, before any function code runs. If this vm2 version lacks
+ * the line, vm2 is used as it is, and the operator is told.
+ */
+function loadVm2() {
+  const require = createRequire(import.meta.url);
+  const sourcesPath = require.resolve("vm2/lib/sources.js");
+  const sources = require(sourcesPath);
+  const check = "const dangerous = !isHost && containsDangerousConstructor(other);";
+  if (sources["bridge.js"].includes(check)) {
+    const bridge = "const fxIsView = ArrayBuffer.isView;\n" + sources["bridge.js"].replace(check, "const dangerous = !isHost && !fxIsView(other) && containsDangerousConstructor(other);");
+    require.cache[sourcesPath].exports = Object.freeze({ ...sources, "bridge.js": bridge });
+  } else {
+    process.emitWarning("vm2's bridge differs from the version this service patches: typed arrays crossing into the sandbox stay slow (see runtime/adapters/vm2/worker.mjs)");
+  }
+  return require("vm2");
+}
+const { NodeVM } = loadVm2();
+
+const { builtinModules, bufferAllocLimitBytes, maxExternalBytes, heartbeat, beatMs, maxLogEntries, maxLogBytes } = workerData;
+
+/** The run whose code is executing: console calls, errors and the resources it opens are attributed through it. */
+const currentRun = new AsyncLocalStorage();
+
+// ---------------------------------------------------------------------------------------------
+// A run ends when it answers: what it opened is closed then (`end`). Timers are tracked inside the
+// sandbox (INVOKER); sockets, HTTP requests and fetches here. What module-level code opens while
+// loading belongs to no run and stays with the workspace's module.
+
+/** Records a resource of the current run, with how to close it; it forgets it once it closes by itself. */
+function own(resource, close) {
+  const run = currentRun.getStore();
+  if (!run) return;
+  if (!active.has(run.id)) {
+    // Code of a run that has already answered (a late continuation): it opens nothing that lasts.
+    process.nextTick(close, resource);
+    return;
+  }
+  const owned = (run.owned ??= new Map());
+  owned.set(resource, close);
+  resource.once("close", () => owned.delete(resource));
+}
+
+const ignore = () => undefined;
+
+/** A socket the run connected itself. One an `http.Agent` pools is left to its request (below). */
+function closeSocket(socket) {
+  if (socket.destroyed || socket.listenerCount("agentRemove") > 0) return;
+  socket.on("error", ignore);
+  socket.destroy();
+}
+
+/** An HTTP request still in flight: it and its response end (with no 'error' left unheard). */
+function closeRequest(request) {
+  if (request.destroyed) return;
+  request.on("error", ignore);
+  request.res?.on("error", ignore);
+  request.destroy();
+}
 
 // Before any code is loaded: every connection of this thread meets the egress policy, and the
 // builtins lose what would reach past a run (runtime/egress.mjs, ./builtins.mjs).
-installEgressGuard(workerData.egress);
+installEgressGuard(workerData.egress, { onConnect: (socket) => own(socket, closeSocket) });
 hardenBuiltins({ maxDecompressedBytes: bufferAllocLimitBytes });
+diagnosticsChannel.subscribe("http.client.request.start", ({ request }) => own(request, closeRequest));
+
+/**
+ * `fetch` for function code: the run's fetches share one AbortController, aborted when the run
+ * ends (a response body still streaming included). undici's pooled sockets serve every run, so
+ * its connections are made outside the run's context and never closed as the run's own.
+ */
+const guardedFetch = explainEgressDenials(fetch);
+function runFetch(input, init) {
+  const run = currentRun.getStore();
+  if (!run) return guardedFetch(input, init);
+  if (!active.has(run.id)) return Promise.reject(new Error("fetch refused: this run has already answered"));
+  const ended = (run.fetches ??= new AbortController()).signal;
+  const signals = [ended, init?.signal, input instanceof Request ? input.signal : undefined].filter(Boolean);
+  const signal = signals.length === 1 ? ended : AbortSignal.any(signals);
+  return currentRun.exit(() => guardedFetch(input, { ...init, signal }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory outside the V8 heap (ArrayBuffers, Buffers): the heap limit does not count it, so the
+// worker caps its sum, `maxExternalBytes`: synchronously at each allocation of 1 MiB or more
+// (`reserve`: Buffer.alloc*, and the sandbox's typed array constructors, see INVOKER), and at every
+// heartbeat for whatever got past those (the host ends the worker then). Garbage is collected
+// before a verdict, so buffers already dropped do not count. The sum is this thread's own: each
+// worker has its own ArrayBuffer allocator, which `process.memoryUsage().arrayBuffers` reads.
+const RESERVE_FROM_BYTES = 1024 * 1024;
+v8.setFlagsFromString("--expose-gc");
+const collectGarbage = runInNewContext("gc");
+v8.setFlagsFromString("--no-expose-gc"); // contexts made from now on (the sandbox's) get no `gc`
+
+function externalBytes() {
+  return process.memoryUsage().arrayBuffers;
+}
+
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+function exceedsExternal(extra) {
+  if (externalBytes() + extra <= maxExternalBytes) return false;
+  collectGarbage();
+  // V8 frees dead ArrayBuffers on a background thread after the collection: give it 10 ms at most.
+  for (let waited = 0; externalBytes() + extra > maxExternalBytes; waited++) {
+    if (waited === 10) return true;
+    Atomics.wait(pause, 0, 0, 1);
+  }
+  return false;
+}
+
+function reserve(bytes) {
+  if (typeof bytes !== "number" || !(bytes >= RESERVE_FROM_BYTES) || !exceedsExternal(bytes)) return;
+  throw Object.assign(new RangeError(`Cannot allocate ${bytes} bytes: the workspace's memory outside the heap would pass its limit of ${maxExternalBytes} bytes`), { code: "ERR_MEMORY_LIMIT" });
+}
+
+for (const name of ["alloc", "allocUnsafe", "allocUnsafeSlow"]) {
+  const original = Buffer[name];
+  Buffer[name] = function (size, ...rest) {
+    reserve(size);
+    return original.call(this, size, ...rest);
+  };
+}
 
 // The host reads this to tell a busy worker (an event loop that still turns) from a stuck one.
 const beat = new Float64Array(heartbeat);
 beat[0] = Date.now();
+// Over the limit at two heartbeats in a row: dead buffers have had a collection and a beat to go.
+let beatsOver = 0;
+let memoryReported = false;
 setInterval(() => {
   beat[0] = Date.now();
+  if (memoryReported) return;
+  beatsOver = exceedsExternal(0) ? beatsOver + 1 : 0;
+  if (beatsOver < 2) return;
+  memoryReported = true; // once: the host ends this worker
+  parentPort.postMessage({ t: "memory", externalBytes: externalBytes() });
 }, beatMs);
-
-/** The run whose code is executing: console calls and errors are attributed through it. */
-const currentRun = new AsyncLocalStorage();
 
 /** @type {{version: string, modules?: object, call?: Function, loadError?: object} | undefined} */
 let loaded;
@@ -77,7 +209,7 @@ const narrowDns = {
 
 const SANDBOX_GLOBALS = {
   console: sandboxConsole,
-  fetch: explainEgressDenials(fetch),
+  fetch: runFetch,
   URL,
   URLSearchParams,
   TextEncoder,
@@ -114,13 +246,45 @@ const INVOKER = `Error.prepareStackTrace = function (error, sites) {
 };
 // A run ends when it answers: timers it set and did not wait for are cleared then. They are
 // tracked here, in the sandbox, by the run that created them (the host says which one is current).
-module.exports = function (currentRunId) {
+// Exit listeners are accepted and never called: a run ends when it answers, not with the worker.
+// Typed arrays and ArrayBuffers of 1 MiB or more are charged against the workspace's memory
+// outside the heap before they are allocated (\`reserve\`, a host function that throws past it).
+module.exports = function (currentRunId, reserve) {
+  process.on = process.addListener = process.once = function () { return this; };
+  // The guarded class shares the original's prototype, so instanceof and subclasses work as before.
+  function sized(Ctor, bytes) {
+    function Guarded() {
+      if (!new.target) throw new TypeError("Constructor " + Ctor.name + " requires 'new'");
+      var args = Array.prototype.slice.call(arguments);
+      reserve(bytes(args));
+      return Reflect.construct(Ctor, args, new.target === Guarded ? Ctor : new.target);
+    }
+    Reflect.ownKeys(Ctor).forEach(function (key) {
+      if (key !== "prototype") Object.defineProperty(Guarded, key, Object.getOwnPropertyDescriptor(Ctor, key));
+    });
+    Object.setPrototypeOf(Guarded, Object.getPrototypeOf(Ctor));
+    Guarded.prototype = Ctor.prototype;
+    // \`constructor\` is how species-creating methods (map, slice, ...) find the class.
+    Object.defineProperty(Ctor.prototype, "constructor", { value: Guarded, writable: true, configurable: true });
+    globalThis[Ctor.name] = Guarded;
+  }
+  function lengthOf(value) {
+    if (typeof value === "number") return value;
+    if (value !== null && typeof value === "object" && !(value instanceof ArrayBuffer) && !(typeof SharedArrayBuffer === "function" && value instanceof SharedArrayBuffer)) return Number(value.length) || 0;
+    return 0;
+  }
+  sized(ArrayBuffer, function (args) { return Math.max(Number(args[0]) || 0, Number(args[1] && args[1].maxByteLength) || 0); });
+  if (typeof SharedArrayBuffer === "function") sized(SharedArrayBuffer, function (args) { return Math.max(Number(args[0]) || 0, Number(args[1] && args[1].maxByteLength) || 0); });
+  [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array, Uint32Array, Float32Array, Float64Array, BigInt64Array, BigUint64Array].forEach(function (Ctor) {
+    sized(Ctor, function (args) { return lengthOf(args[0]) * Ctor.BYTES_PER_ELEMENT; });
+  });
   var byRun = new Map();
   function tracked(set, clear) {
     return function () {
       var handle = set.apply(this, arguments);
       var id = currentRunId();
-      if (id !== undefined) {
+      if (id === null) clear(handle); // set by a run that has already answered: never fires
+      else if (id !== undefined) {
         var handles = byRun.get(id);
         if (!handles) byRun.set(id, (handles = []));
         handles.push([clear, handle]);
@@ -202,9 +366,10 @@ function createVm(modules) {
 function load({ version, script, modules }) {
   try {
     const vm = createVm(modules);
+    // First, so that module-level code already meets the tracked timers and guarded constructors.
+    const { invoke, endRun } = vm.run(INVOKER, "invoker.js")(runIdForTimers, reserve);
     const factory = vm.run(script, "workspace.js");
     const fns = factory();
-    const { invoke, endRun } = vm.run(INVOKER, "invoker.js")(() => currentRun.getStore()?.id);
     loaded = { version, modules, endRun, call: (id, fn, params) => invoke(fns, id, fn, params, settle) };
   } catch (error) {
     loaded = { version, modules, loadError: describeError(error) };
@@ -254,10 +419,20 @@ function run({ id, version, fn, params }) {
   currentRun.run(context, () => loaded.call(id, fn, params));
 }
 
-/** A run is over: forget it and clear the timers it left. */
+/** The current run's id for the sandbox's timers: undefined while loading, null once the run has answered. */
+function runIdForTimers() {
+  const run = currentRun.getStore();
+  if (run === undefined) return undefined;
+  return active.has(run.id) ? run.id : null;
+}
+
+/** A run is over: forget it, clear the timers it left and close what it opened. */
 function end(context) {
   active.delete(context.id);
   context.end?.(context.id);
+  context.fetches?.abort(new Error("The run has ended"));
+  if (context.owned) for (const [resource, close] of context.owned) close(resource);
+  context.owned = undefined;
 }
 
 /** Called once per run, from inside the sandbox or by `run` itself, with the JSON result or the error. */
