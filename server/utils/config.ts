@@ -30,6 +30,8 @@ export interface ServiceConfig {
   quickjsMemoryLimitMb: number;
   /** `FUNCTIONS_SANDBOX_PROCESSES`: child processes hosting the sandbox; 0 keeps it in this process. */
   sandboxProcesses: number;
+  /** `FUNCTIONS_SANDBOX_PROCESS_MEMORY_MB`: resident memory per sandbox process (0: none); unset: derived from the machine's. */
+  sandboxProcessMemoryMb?: number;
 
   runTimeoutMs: number;
   maxWorkers: number;
@@ -186,6 +188,7 @@ export function loadConfig(env: Env = process.env, target: ConfigTarget = "node"
     sandbox: target === "node" ? oneOf("FUNCTIONS_SANDBOX", "vm2", ["vm2", "quickjs"] as const) : oneOf("FUNCTIONS_SANDBOX", "quickjs", ["quickjs"] as const),
     quickjsMemoryLimitMb: integer("FUNCTIONS_QUICKJS_MEMORY_LIMIT_MB", 64, 1),
     sandboxProcesses,
+    sandboxProcessMemoryMb: read("FUNCTIONS_SANDBOX_PROCESS_MEMORY_MB", "") === "" ? undefined : integer("FUNCTIONS_SANDBOX_PROCESS_MEMORY_MB", 0, 0, "MB"),
     runTimeoutMs: integer("FUNCTIONS_RUN_TIMEOUT", 20_000, 1),
     maxWorkers: integer("FUNCTIONS_WORKERS_MAX_LRU", 500, 1),
     builtinModules,

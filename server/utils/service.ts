@@ -3,7 +3,7 @@
  * that chooses implementations; everything it builds takes plain options.
  */
 import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { tmpdir, totalmem } from "node:os";
 import { join, resolve as resolvePath } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createStorage, type Storage } from "unstorage";
@@ -64,6 +64,16 @@ function quickjsOptions(config: ServiceConfig, maxRuntimes: number) {
 }
 
 /**
+ * `FUNCTIONS_SANDBOX_PROCESS_MEMORY_MB` when unset: three quarters of the machine's memory (or of
+ * the container's, when a cgroup limits it) shared between the processes, at least 1 GB each.
+ */
+function defaultSandboxProcessMemoryMb(processes: number): number {
+  const constrained = process.constrainedMemory?.() ?? 0;
+  const memory = constrained > 0 ? Math.min(constrained, totalmem()) : totalmem();
+  return Math.max(1024, Math.floor((memory * 0.75) / processes / 1024 / 1024));
+}
+
+/**
  * The sandbox in `FUNCTIONS_SANDBOX_PROCESSES` child processes (runtime/adapters/sandbox-process):
  * they may read only the service's own files (the build directory, where this module is) and the
  * npm package directories, and write only a scratch directory. Workers are spread over them, so
@@ -77,6 +87,7 @@ async function createSandboxProcessesFromConfig(config: ServiceConfig): Promise<
     processes: config.sandboxProcesses,
     readableDirs: [fileURLToPath(new URL("./", import.meta.url)), resolvePath(config.nodeModulesDir), ...(config.sharedNodeModulesDir ? [resolvePath(config.sharedNodeModulesDir)] : [])],
     writableDir: scratchDir,
+    memoryLimitMb: config.sandboxProcessMemoryMb ?? defaultSandboxProcessMemoryMb(config.sandboxProcesses),
   };
   if (config.sandbox === "quickjs") {
     const { QUICKJS_WORKER_URL } = await import("../../runtime/adapters/quickjs/workers.ts");

@@ -15,9 +15,11 @@ import { runConformance } from "./conformance.ts";
 const childPath = resolve(`.tmp/sandbox-child-${process.pid}.mjs`);
 writeFileSync(childPath, bundleSandboxChild());
 
-function create(processes = 2) {
+function create(processes = 2, extra: { memoryLimitMb?: number; memoryCheckMs?: number; externalMemoryLimitMb?: number } = {}) {
   return createSandboxProcessAdapter({
-    sandbox: { kind: "vm2", options: { workerUrl: VM2_WORKER_URL.href, maxWorkers: 16, memoryLimitMb: 64 } },
+    sandbox: { kind: "vm2", options: { workerUrl: VM2_WORKER_URL.href, maxWorkers: 16, memoryLimitMb: 64, externalMemoryLimitMb: extra.externalMemoryLimitMb } },
+    memoryLimitMb: extra.memoryLimitMb,
+    memoryCheckMs: extra.memoryCheckMs,
     flags: { languages: ["nodejs"], memoryLimit: true, builtins: true },
     checkSyntax: checkNodeSyntax,
     processes,
@@ -28,6 +30,8 @@ function create(processes = 2) {
 
 runConformance({ name: "vm2 in sandbox processes", create: () => create() });
 
+afterAll(() => rmSync(childPath, { force: true }));
+
 describe("sandbox processes", () => {
   let adapter: ReturnType<typeof create>;
   beforeAll(() => {
@@ -35,7 +39,6 @@ describe("sandbox processes", () => {
   });
   afterAll(async () => {
     await adapter.dispose();
-    rmSync(childPath, { force: true });
   });
 
   /** Workspace ids that land on process 0 and on process 1. */
@@ -74,4 +77,33 @@ describe("sandbox processes", () => {
     expect(await adapter.run({ workspace: slow(a), functionName: "ok", parameters: {} }, { timeoutMs: 5000 })).toMatchObject({ ok: true, result: "ok" });
     expect(adapter.pids()[adapter.processOf(a)]).not.toBe(victimPid);
   });
+});
+
+describe("sandbox processes: the process memory limit", () => {
+  it("a process past its resident memory limit is stopped, its runs answer MemoryLimitError, the other process keeps answering", async () => {
+    // 400 MB per process; each worker may hold 300 MB of Buffers, so two workspaces on one process pass it.
+    const adapter = create(2, { memoryLimitMb: 400, memoryCheckMs: 100, externalMemoryLimitMb: 300 });
+    try {
+      const ids = Array.from({ length: 40 }, (_, i) => `mem-ws-${i}`);
+      const [a1, a2] = ids.filter((id) => adapter.processOf(id) === 0);
+      const other = ids.find((id) => adapter.processOf(id) === 1)!;
+      const hoard = (id: string) =>
+        compileWorkspace(id, "v1", {
+          functions: {
+            hoard: { code: "cache.keep = [];\nfor (let i = 0; i < 14; i++) cache.keep.push(Buffer.alloc(16 * 1024 * 1024, 1));\nawait new Promise((r) => setTimeout(r, 3000));\nreturn cache.keep.length;" },
+            ok: { code: "return 'ok';" },
+          },
+        });
+      const bystander = adapter.run({ workspace: hoard(other), functionName: "ok", parameters: {} }, { timeoutMs: 5000 });
+      const outcomes = await Promise.all([a1, a2].map((id) => adapter.run({ workspace: hoard(id), functionName: "hoard", parameters: {} }, { timeoutMs: 10000 })));
+      for (const outcome of outcomes) {
+        expect(outcome).toMatchObject({ ok: false, error: { kind: "memory", name: "MemoryLimitError", message: expect.stringContaining("past its limit of 400 MB") } });
+      }
+      expect(await bystander).toMatchObject({ ok: true, result: "ok" });
+      // Replaced: the workspace answers again, from a fresh process.
+      expect(await adapter.run({ workspace: hoard(a1), functionName: "ok", parameters: {} }, { timeoutMs: 5000 })).toMatchObject({ ok: true, result: "ok" });
+    } finally {
+      await adapter.dispose();
+    }
+  }, 30_000);
 });

@@ -7,13 +7,16 @@
  * - an empty environment (no secrets of the service),
  * - Node's permission model: it may read only the directories it is given (code, packages) and
  *   write only its scratch directory; no child processes, no native addons, no inspector,
- * - its workers' heap limits (the process's main thread only relays runs).
+ * - its workers' heap limits (the process's main thread only relays runs), and a limit on the
+ *   whole process's resident memory (`memoryLimitMb`): sampled every `memoryCheckMs` from
+ *   /proc/<pid>/statm, and a process past it is killed (its runs answer `MemoryLimitError`).
  * A process that dies (a native crash, a kill) fails only its in-flight runs, with a typed
  * `SandboxProcessCrashedError`, and is started again on its next run; the other processes and
  * their workspaces do not notice. If a process does not answer a run within its timeout plus
  * `graceMs`, it is killed: the host-side last resort behind the sandbox's own deadline.
  */
 import { fork, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { adapterDisposed } from "../../errors.ts";
 import type { AdapterFlags, CompiledWorkspace, RunError, RunOptions, RunOutcome, RunRequest, SandboxAdapter, SyntaxProblem } from "../../types.ts";
@@ -41,6 +44,15 @@ export interface SandboxProcessAdapterOptions {
    * deadline starts once its worker is up, which takes longer on a loaded machine. @default 5000
    */
   graceMs?: number;
+  /**
+   * Resident memory of each process, in MB, past which it is killed; 0 for none. Read from Linux's
+   * /proc (elsewhere it is not checked). A backstop under the workers' own limits: RLIMIT_DATA
+   * would be harder, but Node 24 reserves about 512 MB of address space per worker thread, which
+   * it counts. @default 0
+   */
+  memoryLimitMb?: number;
+  /** How often the resident memory is sampled. @default 500 */
+  memoryCheckMs?: number;
 }
 
 interface PendingRun {
@@ -59,6 +71,20 @@ interface Proc {
   /** The version of each workspace this process holds. */
   holds: Map<string, string>;
   outbox: ToChild[];
+  /** Set when this side killed it for its memory: its runs are told so. */
+  overMemory?: number;
+}
+
+const PAGE_BYTES = 4096;
+
+/** Resident bytes of a process, or undefined when /proc cannot tell (not Linux, already gone). */
+function residentBytes(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    return Number(readFileSync(`/proc/${pid}/statm`, "utf8").split(" ")[1]) * PAGE_BYTES;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Stable FNV-1a hash: a workspace lands on the same process on every instance and restart. */
@@ -113,6 +139,20 @@ export function createSandboxProcessAdapter(options: SandboxProcessAdapterOption
     return proc;
   }
 
+  const memoryLimitMb = options.memoryLimitMb ?? 0;
+  const memoryCheck =
+    memoryLimitMb > 0
+      ? setInterval(() => {
+          procs.forEach((proc, slot) => {
+            const resident = proc && residentBytes(proc.child.pid);
+            if (!proc || resident === undefined || resident <= memoryLimitMb * 1024 * 1024) return;
+            proc.overMemory = resident;
+            stop(slot, proc);
+          });
+        }, options.memoryCheckMs ?? 500)
+      : undefined;
+  memoryCheck?.unref();
+
   function stop(slot: number, proc: Proc): void {
     if (procs[slot] === proc) procs[slot] = undefined;
     proc.child.kill("SIGKILL");
@@ -139,11 +179,17 @@ export function createSandboxProcessAdapter(options: SandboxProcessAdapterOption
   }
 
   function crashed(proc: Proc, how: string): void {
-    const error: RunError = {
-      kind: "function",
-      name: "SandboxProcessCrashedError",
-      message: `The sandbox process running this workspace ${how}; it is started again on the next run`,
-    };
+    const error: RunError = proc.overMemory
+      ? {
+          kind: "memory",
+          name: "MemoryLimitError",
+          message: `The sandbox process running this workspace used ${Math.round(proc.overMemory / 1024 / 1024)} MB, past its limit of ${memoryLimitMb} MB, and was stopped; it is started again on the next run`,
+        }
+      : {
+          kind: "function",
+          name: "SandboxProcessCrashedError",
+          message: `The sandbox process running this workspace ${how}; it is started again on the next run`,
+        };
     for (const [id, pending] of proc.pending) settle(proc, id, { ok: false, error, logs: [], durationMs: performance.now() - pending.started });
   }
 
@@ -210,6 +256,7 @@ export function createSandboxProcessAdapter(options: SandboxProcessAdapterOption
     async dispose(): Promise<void> {
       if (disposed) return;
       disposed = true;
+      clearInterval(memoryCheck);
       await Promise.all(
         procs.map(async (proc) => {
           if (!proc) return;

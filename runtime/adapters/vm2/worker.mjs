@@ -116,9 +116,22 @@ function runFetch(input, init) {
 // before a verdict, so buffers already dropped do not count. The sum is this thread's own: each
 // worker has its own ArrayBuffer allocator, which `process.memoryUsage().arrayBuffers` reads.
 const RESERVE_FROM_BYTES = 1024 * 1024;
-v8.setFlagsFromString("--expose-gc");
-const collectGarbage = runInNewContext("gc");
-v8.setFlagsFromString("--no-expose-gc"); // contexts made from now on (the sandbox's) get no `gc`
+const collectGarbage = exposeGc();
+
+/**
+ * `gc` for this thread: the flag is process-wide, so it is on only while a context picks the
+ * function up (contexts made later, the sandbox's, get none). Another worker starting at the same
+ * moment may turn it off in between: then try again.
+ */
+function exposeGc() {
+  for (let attempt = 0; attempt < 1000; attempt++) {
+    v8.setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("typeof gc === 'function' ? gc : undefined");
+    v8.setFlagsFromString("--no-expose-gc");
+    if (gc) return gc;
+  }
+  return () => undefined; // a runtime without the flag: dead buffers count until V8 collects them
+}
 
 function externalBytes() {
   return process.memoryUsage().arrayBuffers;
