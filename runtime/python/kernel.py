@@ -7,14 +7,16 @@ nothing user code prints (or a C extension writes to fd 1) can corrupt the strea
   server -> kernel   b"<length>\\n" + <length> bytes: the POST /v1/run body, forwarded as received
   kernel -> server   b"<status> <json>\\n"  (json.dumps never emits a raw newline)
 
-The first line a kernel writes is b'200 {"ready":true}\\n'. <status> is the HTTP status the server
-answers with; the JSON after it is the HTTP body, forwarded without being parsed again.
+The first line a kernel writes is b'200 {"ready": true, "confinement": "...", "note": ...}\\n' (see
+confine.apply). <status> is the HTTP status the server answers with; the JSON after it is the HTTP
+body, forwarded without being parsed again.
 
 The kernel keeps, per workspace, one namespace built from one version of its code: the functions
 (bound by name, so they call each other), a `cache` dict, and a private `__builtins__` whose
 `__import__` only lets through the allowed top-level modules. None of that is a security boundary
 (Python has none inside a process); the process is: rlimits, an empty environment, SIGKILL on
-deadline, all applied by the server or at start below.
+deadline, and the confinement of confine.py (Landlock, then an audit hook), all applied by the
+server or at start below, before any user code runs.
 """
 
 import ast
@@ -34,6 +36,8 @@ import sys
 import time
 import types
 import warnings
+
+import confine  # beside this file
 
 EXIT_MEMORY = 3  # exit code telling the server "died of MemoryError outside a run's own handling"
 MAX_WORKSPACES = 100  # namespaces kept per kernel, least recently used evicted (they come back via 409)
@@ -340,6 +344,7 @@ def format_stack(exc, ws):
 class Kernel:
     def __init__(self, config):
         self.memory_mb = config["memoryMb"]
+        self.scratch = os.path.realpath(config["scratchDir"]) if config.get("scratchDir") else None
         self.user_builtins = make_user_builtins(config["allowed"])
         self.workspaces = collections.OrderedDict()
 
@@ -367,6 +372,12 @@ class Kernel:
     def run(self, ws_id, ws, fn, params):
         LOGS.clear()
         _reset_io()
+        if self.scratch:  # a previous run's chdir stays its own
+            try:
+                if os.getcwd() != self.scratch:
+                    os.chdir(self.scratch)
+            except OSError:
+                pass
         error = None
         start = time.perf_counter()
         if fn.error is not None:  # the body does not compile: reported at run, like the original
@@ -424,10 +435,13 @@ def main():
         limit = config["memoryMb"] * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
+    # For good, before any user code: Landlock when the system has it, the audit hook always.
+    confinement = confine.apply(config, os.path.dirname(os.path.abspath(__file__)))
+
     kernel = Kernel(config)
     _reset_io()
-    # One run end to end before saying ready: a memory limit too low for Python itself fails here
-    # (MemoryError -> EXIT_MEMORY), at start-up, instead of on every user run.
+    # One run end to end, confined, before saying ready: a memory limit too low for Python itself
+    # fails here (MemoryError -> EXIT_MEMORY), at start-up, instead of on every user run.
     probe = {"workspace": "", "version": "", "function": "f", "functions": {"f": {"code": "return len(bytearray(1 << 22))"}}}
     status, text = kernel.handle(probe)
     if status != 200 or not json.loads(text)["ok"]:
@@ -439,7 +453,7 @@ def main():
         proto_out.write(b"%d %s\n" % (status, text.encode()))
         proto_out.flush()
 
-    send(200, '{"ready":true}')
+    send(200, json.dumps({"ready": True, **confinement}))
     while True:
         header = proto_in.readline()
         if not header:

@@ -14,15 +14,18 @@ import json
 import math
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import confine  # beside this file: the egress settings are validated with the kernels' own code
 import kernel  # beside this file: its compile step serves /v1/check (importing it runs nothing)
 
 PROTOCOL = 1
@@ -76,6 +79,12 @@ def load_config(env):
             raise ConfigError(f"invalid {name}: {bad[0]!r} is not a top-level module name")
         return items
 
+    try:
+        egress = confine.load_egress(env)
+    except ValueError as e:
+        name, _, problem = str(e).partition(": ")
+        raise ConfigError(f"invalid {name}: {problem}") from None
+
     return {
         "host": get("HOST", "127.0.0.1"),
         "port": integer("PORT", 8000, 0, 65535),
@@ -84,6 +93,7 @@ def load_config(env):
         "packages": names("PYTHON_PACKAGES_WHITELIST_IMPORT", DEFAULT_PACKAGES),
         "memory_mb": integer("PYTHON_MEMORY_LIMIT_MB", 256, 0),
         "timeout_ms": integer("PYTHON_FUNCTIONS_RUN_TIMEOUT", 20000, 1),
+        "egress": egress,
     }
 
 
@@ -92,9 +102,10 @@ def kernel_index(workspace, pool_size):
     return zlib.crc32(workspace.encode("utf-8")) % pool_size
 
 
-def kernel_env():
-    """The kernel's whole environment: nothing secret, only what Python and its packages need."""
-    env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")}
+def kernel_env(scratch):
+    """The kernel's whole environment: nothing secret, only what Python and its packages need, and
+    its scratch directory as TMPDIR (the one place it may write)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "TMPDIR": scratch}
     for name, value in os.environ.items():
         if name in ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH") or name.startswith("OPENBLAS_"):
             env[name] = value
@@ -102,6 +113,34 @@ def kernel_env():
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
     return env
+
+
+def remove_scratch(path):
+    """Removes a kernel's scratch directory. shutil.rmtree never follows links; directories a
+    function made unwritable are reopened without following links and made writable first."""
+    if not path:
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return
+
+    def unlock(name):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            os.fchmod(fd, 0o700)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    unlock(path)
+    for root, dirs, _files in os.walk(path):  # top-down: each level unlocked before it is entered
+        for name in dirs:
+            unlock(os.path.join(root, name))
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def error_body(name, message):
@@ -153,10 +192,14 @@ class Kernel:
 
     def __init__(self, index, config):
         self.index = index
-        self.args = [sys.executable, KERNEL_PATH, json.dumps({
+        self.kernel_config = {
             "memoryMb": config["memory_mb"],
             "allowed": config["builtin_modules"] + config["packages"],
-        })]
+            "egress": config["egress"],
+        }
+        self.scratch = None  # the running process's scratch directory (its TMPDIR and cwd)
+        self.confinement = None  # what the running process said it is confined by
+        self.confinement_note = None
         self.proc = None
         self.poller = None
         self.buf = bytearray()
@@ -171,11 +214,20 @@ class Kernel:
 
     def spawn(self):
         self.buf.clear()
-        self.proc = subprocess.Popen(
-            self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=kernel_env(),
-            close_fds=True,
-            start_new_session=True,  # Ctrl-C goes to the server only, and killpg reaches any child
-        )
+        self.confinement = self.confinement_note = None
+        # A fresh scratch directory per process: nothing a run wrote outlives its kernel.
+        self.scratch = tempfile.mkdtemp(prefix=f"python-api-kernel-{self.index}-")
+        config = dict(self.kernel_config, scratchDir=self.scratch)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, KERNEL_PATH, json.dumps(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                bufsize=0, env=kernel_env(self.scratch), cwd=self.scratch, close_fds=True,
+                start_new_session=True,  # Ctrl-C goes to the server only, and killpg reaches any child
+            )
+        except OSError:
+            remove_scratch(self.scratch)
+            self.scratch = None
+            raise
         self.poller = select.poll()  # poll, not select: fds above 1024 are fine
         self.poller.register(self.proc.stdout.fileno(), select.POLLIN)
 
@@ -190,6 +242,8 @@ class Kernel:
             raise KernelStartError(
                 f"kernel {self.index} failed to start (exit code {code}); its error is above. "
                 "A PYTHON_MEMORY_LIMIT_MB too low for Python itself does this.")
+        ready = json.loads(line[4:])
+        self.confinement, self.confinement_note = ready.get("confinement"), ready.get("note")
 
     def start(self):
         self.spawn()
@@ -205,6 +259,8 @@ class Kernel:
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
             stream.close()
+        remove_scratch(self.scratch)
+        self.scratch = None
 
     def restart(self):
         self.kill()
@@ -373,6 +429,10 @@ class Pool:
         for kernel in self.kernels:
             kernel.wait_ready()
             kernel.thread.start()
+        notes = {k.confinement_note for k in self.kernels if k.confinement_note}
+        if notes:  # once, for the operator: function code is held by the soft layer only
+            print(f"python-api: {'; '.join(sorted(notes))}; function code is confined by the audit hook only "
+                  "(a soft layer, see docs/python-api.md)", file=sys.stderr, flush=True)
 
     def close(self):
         for kernel in self.kernels:
@@ -382,11 +442,17 @@ class Pool:
         for kernel in self.kernels:
             kernel.kill()
 
+    def confinement(self):
+        """What the kernels are confined by: one value when they agree (they normally do)."""
+        values = sorted({k.confinement for k in self.kernels if k.confinement})
+        return values[0] if len(values) == 1 else ("mixed: " + ", ".join(values) if values else None)
+
     def health(self):
         return {"healthy": True, "protocol": PROTOCOL, "kernels": len(self.kernels),
                 "busy": sum(k.busy for k in self.kernels),
                 "queued": sum(len(k.queue) for k in self.kernels),
-                "restarts": sum(k.restarts for k in self.kernels)}
+                "restarts": sum(k.restarts for k in self.kernels),
+                "confinement": self.confinement()}
 
     def run(self, body):
         """A /v1/run body -> (status, JSON bytes)."""

@@ -1,24 +1,55 @@
 """Self-test of the Python API: python3 -m unittest runtime/python/test_server.py -v
 
-Starts server.py on a free port with two kernels and talks protocol v1 to it over HTTP.
+Starts server.py on a free port with two kernels and talks protocol v1 to it over HTTP. The
+confinement tests also start kernel.py alone, with one layer switched off, to prove the other.
 """
 
+import ctypes
 import http.client
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # no __pycache__ left in the source tree
-from server import kernel_index  # noqa: E402  (the routing the server uses)
+import confine  # noqa: E402
+from server import DEFAULT_BUILTIN_MODULES, ConfigError, kernel_index, load_config  # noqa: E402
 
 POOL_SIZE = 2
+CANARY = f"canary-{uuid.uuid4()}"  # in the server's environment: no answer may ever carry it
+
+
+def landlock_abi():
+    """The running kernel's Landlock ABI, asked here independently of confine.py: 0 when none."""
+    if sys.platform != "linux" or os.uname().machine not in ("x86_64", "aarch64"):
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    abi = libc.syscall(ctypes.c_long(444), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(abi, 0)
+
+
+LANDLOCK_ABI = landlock_abi()
+
+
+def attempts(**tries):
+    """A function body that runs each `name=expression` and returns {name: 'ok: <value>' or
+    '<ExceptionName>: <message>'}, so one run reports on several attempts."""
+    lines = ["import io, pathlib, tempfile, http.client", "out = {}"]
+    for name, expression in tries.items():
+        lines += ["try:", f"    out[{name!r}] = 'ok: ' + repr({expression})",
+                  "except BaseException as e:", f"    out[{name!r}] = type(e).__name__ + ': ' + str(e)"]
+    return {"code": "\n".join(lines + ["return out"])}
 
 HELLO = {"code": "return 'Hello ' + name", "parameters": {"name": {"type": "string", "default": "x"}}}
 
@@ -26,7 +57,8 @@ HELLO = {"code": "return 'Hello ' + name", "parameters": {"name": {"type": "stri
 class PythonApiTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        env = dict(os.environ, PORT="0", HOST="127.0.0.1", KERNEL_POOL_SIZE=str(POOL_SIZE))
+        env = dict(os.environ, PORT="0", HOST="127.0.0.1", KERNEL_POOL_SIZE=str(POOL_SIZE), SECRET_CANARY=CANARY,
+                   PYTHON_BUILTIN_MODULES=DEFAULT_BUILTIN_MODULES + ", zoneinfo")
         cls.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "server.py")],
                                     stdout=subprocess.PIPE, env=env, text=True)
         line = cls.proc.stdout.readline()
@@ -203,6 +235,212 @@ class PythonApiTest(unittest.TestCase):
         self.assertEqual((status, answer["error"]), (400, "BadRequest"))
         health = self.health()
         self.assertEqual((health["healthy"], health["protocol"], health["kernels"]), (True, 1, POOL_SIZE))
+
+    # -- confinement (docs/python-api.md, "Confinement") ----------------------------------------
+
+    def refused(self, workspace, body, names, pattern=r"^PermissionError: "):
+        """Runs an attempts() body; every attempt in `names` must have been refused."""
+        result = self.ok(workspace, "f", {}, {"f": body})["result"]
+        self.assertNotIn(CANARY, json.dumps(result))
+        for name in names:
+            self.assertRegex(result[name], pattern, name)
+        return result
+
+    def test_confinement_in_force_is_reported(self):
+        # Landlock where the system has it: a kernel that silently went without it fails here.
+        expected = f"landlock-abi-{LANDLOCK_ABI}" if LANDLOCK_ABI >= 1 else "audit-hook"
+        self.assertEqual(self.health()["confinement"], expected)
+
+    def test_files_of_other_processes_and_the_system_are_out_of_reach(self):
+        pid = self.proc.pid
+        result = self.refused("files", attempts(
+            server_io=f"io.open('/proc/{pid}/environ', 'rb').read()",
+            server_pathlib=f"pathlib.Path('/proc/{pid}/environ').read_text()",
+            init_io="io.open('/proc/1/environ', 'rb').read()",
+            init_pathlib="pathlib.Path('/proc/1/environ').read_bytes()",
+            through_root=f"pathlib.Path('/proc/self/root/proc/{pid}/environ').read_bytes()",
+            passwd="pathlib.Path('/etc/passwd').read_text()",
+            listing="[p.name for p in pathlib.Path('/').iterdir()]",
+            service_files=f"pathlib.Path({os.path.join(HERE, '..', '..', 'package.json')!r}).read_text()",
+            write_outside="pathlib.Path('/tmp', 'escaped-' + str(id(out))).write_text('x')",
+        ), ["server_io", "server_pathlib", "init_io", "init_pathlib", "through_root", "passwd", "listing",
+            "service_files", "write_outside"])
+        self.assertIn("not allowed in functions", result["server_io"])
+
+    def test_no_programs_no_signals_and_the_server_survives(self):
+        pid = self.proc.pid
+        result = self.refused("signals", attempts(
+            system="pathlib.os.system('true')",
+            spawn="pathlib.os.posix_spawn('/bin/true', ['true'], {})",
+            execv="pathlib.os.execv('/bin/true', ['true'])",
+            fork="pathlib.os.fork()",
+            kill_server=f"tempfile._os.kill({pid}, 9)",
+            kill_init="tempfile._os.kill(1, 0)",
+            ctypes="tempfile._os.sys.modules['ctypes'].CDLL(None)",
+        ), ["system", "spawn", "execv", "fork", "kill_server", "kill_init", "ctypes"])
+        self.assertIn("running programs", result["system"])
+        self.assertIn("signals", result["kill_server"])
+        self.assertIsNone(self.proc.poll())
+        self.assertEqual(self.health()["healthy"], True)
+        self.assertEqual(self.ok("signals", "f", {}, {"f": HELLO}, version="v2")["result"], "Hello x")
+
+    def test_no_listening_sockets_and_no_private_addresses(self):
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(0.2)
+        try:
+            port = listener.getsockname()[1]
+            result = self.refused("sockets", attempts(
+                bind="http.client.socket.socket().bind(('127.0.0.1', 0))",
+                bind_udp="http.client.socket.socket(type=http.client.socket.SOCK_DGRAM).bind(('0.0.0.0', 0))",
+                loopback=f"http.client.socket.create_connection(('127.0.0.1', {port}), timeout=2)",
+                by_name=f"http.client.socket.create_connection(('localhost', {port}), timeout=2)",
+                mapped=f"http.client.socket.create_connection(('::ffff:127.0.0.1', {port}), timeout=2)",
+                metadata="http.client.socket.create_connection(('169.254.169.254', 80), timeout=2)",
+                private="http.client.socket.create_connection(('10.0.0.1', 80), timeout=2)",
+                udp="http.client.socket.socket(type=http.client.socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 53))",
+                unix="http.client.socket.socket(http.client.socket.AF_UNIX).connect('/var/run/docker.sock')",
+                urllib=f"__import__('urllib.request').request.urlopen('http://127.0.0.1:{port}/', timeout=2)",
+            ), ["bind", "bind_udp", "loopback", "by_name", "mapped", "metadata", "private", "udp", "unix"])
+            self.assertIn("listening", result["bind"])
+            self.assertIn("connection to 127.0.0.1 is not allowed by the egress policy", result["loopback"])
+            self.assertIn("localhost (127.0.0.1)", result["by_name"])
+            self.assertIn("169.254.169.254", result["metadata"])
+            self.assertIn("local socket", result["unix"])
+            self.assertIn("egress policy", result["urllib"])
+            with self.assertRaises(socket.timeout):  # nothing got through
+                listener.accept()
+        finally:
+            listener.close()
+
+    def test_scratch_directory_and_the_standard_library_work(self):
+        code = ("import tempfile, pathlib, json, datetime, zoneinfo, logging\n"
+                "with tempfile.NamedTemporaryFile('w+') as f:\n"
+                "    f.write('round trip')\n"
+                "    f.seek(0)\n"
+                "    text = f.read()\n"
+                "with tempfile.TemporaryDirectory() as d:\n"
+                "    (pathlib.Path(d) / 'a.json').write_text(json.dumps([1]))\n"
+                "    loaded = json.loads((pathlib.Path(d) / 'a.json').read_text())\n"
+                "pathlib.Path('relative.txt').write_text('cwd is the scratch dir')\n"
+                "paris = datetime.datetime(2024, 7, 1, 12, tzinfo=zoneinfo.ZoneInfo('Europe/Paris'))\n"
+                "logging.info('done')\n"
+                "return [text, loaded, paris.isoformat(), tempfile.gettempdir()]")
+        answer = self.ok("scratch", "f", {}, {"f": {"code": code}})
+        text, loaded, paris, scratch = answer["result"]
+        self.assertEqual((text, loaded, paris), ("round trip", [1], "2024-07-01T12:00:00+02:00"))
+        self.assertEqual(answer["logs"][0]["message"], "done")
+        self.assertRegex(os.path.basename(scratch), r"^python-api-kernel-\d-")
+        self.assertTrue(os.path.exists(os.path.join(scratch, "relative.txt")))
+        # A replaced kernel takes its scratch directory with it.
+        self.failed("scratch", "loop", {}, {"f": {"code": code}, "loop": {"code": "while True: pass"}},
+                    version="v2", timeoutMs=300)
+        self.assertFalse(os.path.exists(scratch))
+
+    def test_egress_policy_matches_the_node_side(self):
+        check = confine.make_egress_check()
+        for address in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "::ffff:7f00:1", "::127.0.0.1", "0.0.0.0", "::",
+                        "10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "169.254.169.254", "fe80::1%eth0",
+                        "fc00::1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "224.0.0.1", "255.255.255.255"):
+            self.assertIsNotNone(check(address, 80), address)
+        for address in ("93.184.216.34", "2606:2800:220:1::", "8.8.8.8"):
+            self.assertIsNone(check(address, 443), address)
+        for spelling in ("0x7f000001", "2130706433", "127.1", "0127.0.0.1", "localhost", ""):
+            self.assertIn("not an IP address", check(spelling, 80), spelling)
+        check = confine.make_egress_check("public-only", ["10.1.0.0/16", "*.corp.example"], ["10.1.2.3", "bad.example"],
+                                          service_port=4000, is_local=lambda address: address == "10.9.9.9")
+        self.assertIsNone(check("10.1.5.5", 80))
+        self.assertIn("FUNCTIONS_EGRESS_DENY", check("10.1.2.3", 80))  # deny wins over allow
+        self.assertIsNone(check("10.7.0.1", 80, "api.corp.example"))
+        self.assertIsNotNone(check("10.7.0.1", 80, "corp.example.evil"))
+        self.assertIn("FUNCTIONS_EGRESS_DENY", check("8.8.8.8", 80, "bad.example"))
+        self.assertIsNone(check("93.184.216.34", 4000))  # the service's port on a remote address is someone else's
+        self.assertIn("own API", check("10.9.9.9", 4000))  # on a local one it is the service
+        self.assertIn("own API", check("127.0.0.1", 4000))  # loopback: always
+        check = confine.make_egress_check("allow-all", [], ["169.254.169.254"], service_port=4000)
+        self.assertIsNone(check("127.0.0.1", 80))
+        self.assertIsNotNone(check("169.254.169.254", 80))
+        self.assertIn("own API", check("127.0.0.1", 4000))
+
+    def test_egress_settings_are_validated_naming_the_variable(self):
+        for name, value in (("FUNCTIONS_EGRESS_ALLOW", "10.0.0.0/33"), ("FUNCTIONS_EGRESS_DENY", "exa mple"),
+                            ("FUNCTIONS_EGRESS_POLICY", "none"), ("FUNCTIONS_SERVICE_PORT", "http")):
+            with self.assertRaisesRegex(ConfigError, f"^invalid {name}"):
+                load_config({name: value})
+        config = load_config({"FUNCTIONS_EGRESS_ALLOW": " 10.1.2.3 , api.internal", "FUNCTIONS_SERVICE_PORT": "4000"})
+        self.assertEqual(config["egress"], {"policy": "public-only", "allow": ["10.1.2.3", "api.internal"],
+                                            "deny": [], "servicePort": 4000})
+
+
+class KernelAloneTest(unittest.TestCase):
+    """kernel.py started directly, with one layer switched off by a test-only configuration key
+    (the server never sets them): each layer must hold on its own."""
+
+    def start(self, **switches):
+        scratch = tempfile.mkdtemp(prefix="python-api-test-")
+        self.addCleanup(shutil.rmtree, scratch, True)
+        config = {"memoryMb": 256, "allowed": ["io", "pathlib", "tempfile", "http"], "scratchDir": scratch,
+                  "egress": {"policy": "public-only", "allow": [], "deny": [], "servicePort": None}, **switches}
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "kernel.py"), json.dumps(config)], cwd=scratch,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"PATH": os.environ["PATH"], "TMPDIR": scratch})
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.stdin.close)
+        self.addCleanup(proc.stdout.close)
+        ready = proc.stdout.readline()
+        self.assertTrue(ready.startswith(b"200 "), ready)
+        return proc, json.loads(ready[4:])
+
+    def run_body(self, proc, body):
+        request = json.dumps({"protocol": 1, "workspace": "w", "version": str(time.monotonic()), "function": "f",
+                              "functions": {"f": body}}).encode()
+        proc.stdin.write(b"%d\n%s" % (len(request), request))
+        proc.stdin.flush()
+        answer = json.loads(proc.stdout.readline()[4:])
+        self.assertTrue(answer["ok"], answer)
+        return answer["result"]
+
+    @unittest.skipUnless(LANDLOCK_ABI >= 1, "this system has no Landlock")
+    def test_landlock_alone_holds(self):
+        proc, ready = self.start(auditHook=False)
+        self.assertEqual(ready["confinement"], f"landlock-abi-{LANDLOCK_ABI}")
+        victim = subprocess.Popen(["sleep", "30"])
+        self.addCleanup(victim.wait)
+        self.addCleanup(victim.kill)
+        result = self.run_body(proc, attempts(
+            parent_environ=f"io.open('/proc/{os.getpid()}/environ', 'rb').read()",
+            init_environ="pathlib.Path('/proc/1/environ').read_bytes()",
+            passwd="pathlib.Path('/etc/passwd').read_text()",
+            listing="pathlib.os.listdir('/')",
+            write_outside="pathlib.Path('/tmp', 'escaped-' + str(id(out))).write_text('x')",
+            execv="pathlib.os.execv('/bin/true', ['true'])",
+            kill=f"tempfile._os.kill({victim.pid}, 9)",
+            listen="http.client.socket.socket().bind(('127.0.0.1', 0))",
+            system="pathlib.os.system('true')",
+            scratch="(pathlib.Path(tempfile.gettempdir()) / 'x').write_text('ok')",
+        ))
+        for name in ("parent_environ", "init_environ", "passwd", "listing", "write_outside", "execv", "kill", "listen"):
+            self.assertRegex(result[name], r"^PermissionError: \[Errno (13|1)\]", name)  # the system's refusal
+        self.assertNotEqual(result["system"], "ok: 0")  # the shell cannot be executed
+        self.assertEqual(result["scratch"], "ok: 2")
+        self.assertIsNone(victim.poll())
+
+    def test_audit_hook_alone_holds(self):
+        proc, ready = self.start(landlock=False)
+        self.assertEqual(ready["confinement"], "audit-hook")
+        self.assertIn("Landlock", ready["note"])
+        result = self.run_body(proc, attempts(
+            parent_environ=f"io.open('/proc/{os.getpid()}/environ', 'rb').read()",
+            passwd="pathlib.Path('/etc/passwd').read_text()",
+            system="pathlib.os.system('true')",
+            kill=f"tempfile._os.kill({os.getpid()}, 0)",
+            listen="http.client.socket.socket().bind(('127.0.0.1', 0))",
+            metadata="http.client.socket.create_connection(('169.254.169.254', 80), timeout=1)",
+            symlinked="pathlib.Path(tempfile.gettempdir(), 'l').symlink_to('/etc/passwd') or "
+                      "pathlib.Path(tempfile.gettempdir(), 'l').read_text()",
+            scratch="(pathlib.Path(tempfile.gettempdir()) / 'x').write_text('ok')",
+        ))
+        for name in ("parent_environ", "passwd", "system", "kill", "listen", "metadata", "symlinked"):
+            self.assertRegex(result[name], r"^PermissionError: .*not allowed", name)
+        self.assertEqual(result["scratch"], "ok: 2")
 
 
 if __name__ == "__main__":

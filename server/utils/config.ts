@@ -218,7 +218,10 @@ export function loadConfig(env: Env = process.env, target: ConfigTarget = "node"
   };
 }
 
-/** Handed to the bundled Python API as they are: its own settings, and PATH and locale for python3. */
+/**
+ * Handed to the bundled Python API as they are: its own settings, the egress policy, and PATH and
+ * locale for python3. The service's own port goes as FUNCTIONS_SERVICE_PORT (service.ts).
+ */
 const BUNDLED_PYTHON_API_VARIABLES = [
   "PATH",
   "LANG",
@@ -230,4 +233,8 @@ const BUNDLED_PYTHON_API_VARIABLES = [
   "PYTHON_PACKAGES_WHITELIST_IMPORT",
   "PYTHON_MEMORY_LIMIT_MB",
   "PYTHON_FUNCTIONS_RUN_TIMEOUT",
+  // The egress policy holds for Python functions too (the kernels check it on every connection).
+  "FUNCTIONS_EGRESS_POLICY",
+  "FUNCTIONS_EGRESS_ALLOW",
+  "FUNCTIONS_EGRESS_DENY",
 ];

@@ -137,7 +137,8 @@ export async function createPythonAdapterFromConfig(config: ServiceConfig): Prom
   if (config.pythonApiMode === "external") return createPythonApiAdapter({ baseUrl: config.pythonApiUrl, fetch });
   const { PythonNotFoundError, startBundledPythonApi } = await import("../../runtime/python-process.ts");
   try {
-    const api = await startBundledPythonApi({ env: config.bundledPythonApiEnv, logger });
+    // The service's own port: Python functions may never connect to it on a local address.
+    const api = await startBundledPythonApi({ env: { ...config.bundledPythonApiEnv, FUNCTIONS_SERVICE_PORT: String(config.port) }, logger });
     logger.info("Python API started", { url: api.url });
     const adapter = createPythonApiAdapter({ baseUrl: api.url, source: "bundled, started by this service", fetch });
     return {

@@ -89,6 +89,20 @@ describe.runIf(hasPython)("Python functions with the bundled Python API", () => 
     expect(kernels()).toHaveLength(POOL_SIZE);
   });
 
+  it("confines its kernels: Landlock where this system has it (the health check says which layer holds)", async () => {
+    // Asked of the system directly, not of the Python API: a kernel that silently went without Landlock fails here.
+    const probe = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\nprint(max(libc.syscall(444, None, 0, 1), 0) if os.uname().machine in ('x86_64', 'aarch64') else 0)";
+    const abi = Number(execFileSync("python3", ["-c", probe], { encoding: "utf8" }).trim());
+    expect(((await health()) as { confinement?: string }).confinement).toBe(abi >= 1 ? `landlock-abi-${abi}` : "audit-hook");
+    await server.deploy("py-confined", {
+      functions: { scratch: py("import tempfile, pathlib\np = pathlib.Path(tempfile.gettempdir(), 'note.txt')\np.write_text('kept')\nreturn p.read_text()"), etc: py("import pathlib\nreturn pathlib.Path('/etc/passwd').read_text()") },
+    });
+    expect((await server.run("py-confined", "scratch")).body.result).toBe("kept");
+    const refused = await server.run("py-confined", "etc");
+    expect(refused.status).toBe(500);
+    expect(refused.body.message).toMatch(/^PermissionError: reading '\/etc\/passwd' is not allowed in functions/);
+  });
+
   it("runs Node and Python functions of one workspace, and reads both back", async () => {
     const body = {
       functions: {

@@ -11,6 +11,7 @@ import { createServer, type Server } from "node:http";
 import { gzipSync, brotliCompressSync } from "node:zlib";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { startServer, type Reply, type RunningServer } from "./harness.ts";
+import { hasPython } from "../fixtures/python.ts";
 
 const CANARY = `canary-${randomUUID()}`;
 const BUFFER_LIMIT = 8 * 1024 * 1024;
@@ -112,6 +113,14 @@ describe("egress policy (default: public addresses only)", () => {
   it("function code cannot call the service's own API", async () => {
     await expectRefused(server, "egress", "viaFetch", { url: `${server.url}/v2/functions` }, DENIED);
   });
+
+  it.runIf(hasPython)("Python functions meet the same policy: loopback, the metadata service and the service's own API are refused", async () => {
+    const get = { language: "python", code: "import urllib.request\nreturn urllib.request.urlopen(url, timeout=5).read().decode()", parameters: { url: {} } };
+    expect((await server.deploy("py-egress", { functions: { get } })).status).toBe(200);
+    for (const url of [`http://127.0.0.1:${targetPort}/`, `http://localhost:${targetPort}/`, `http://[::ffff:127.0.0.1]:${targetPort}/`, "http://169.254.169.254/latest/meta-data/", `${server.url}/v2/functions`]) {
+      await expectRefused(server, "py-egress", "get", { url }, DENIED);
+    }
+  });
 });
 
 describe("egress policy with FUNCTIONS_EGRESS_ALLOW=127.0.0.1", () => {
@@ -135,6 +144,14 @@ describe("egress policy with FUNCTIONS_EGRESS_ALLOW=127.0.0.1", () => {
   it("the service's own port stays denied", async () => {
     await expectRefused(allowing, "egress", "viaFetch", { url: `${allowing.url}/v2/functions` }, /this service's own API/);
     await expectRefused(allowing, "egress", "viaHttp", { url: `${allowing.url.replace("127.0.0.1", "localhost")}/sys/healthcheck` }, /this service's own API/);
+  });
+
+  it.runIf(hasPython)("Python functions reach the allowed address too, and the service's own port stays denied (FUNCTIONS_SERVICE_PORT)", async () => {
+    const get = { language: "python", code: "import urllib.request\nreturn urllib.request.urlopen(url, timeout=5).read().decode()", parameters: { url: {} } };
+    expect((await allowing.deploy("py-egress", { functions: { get } })).status).toBe(200);
+    expect((await run(allowing, "py-egress", "get", { url: `http://127.0.0.1:${targetPort}/` })).body.result).toBe("reached");
+    expect((await run(allowing, "py-egress", "get", { url: `http://localhost:${targetPort}/` })).body.result).toBe("reached");
+    await expectRefused(allowing, "py-egress", "get", { url: `${allowing.url}/sys/healthcheck` }, /this service's own API/);
   });
 
   it("a gzip bomb fetched with Content-Encoding: gzip fails the run (undici's message: 'terminated')", async () => {
@@ -219,6 +236,34 @@ describe("secrets of the HTTP process", () => {
     expect(probe.body.result.stack).toMatch(/^Error: where am I\n {4}at /);
     const thrown = await run(server, "canary", "thrower");
     expect(thrown.body.details.stack).toMatch(/^Error: failing on purpose\n {4}at thrower \(thrower:1:\d+\)$/);
+  });
+
+  it.runIf(hasPython)("a Python function cannot read the HTTP process's environment through /proc; the service and other workspaces keep answering", async () => {
+    const pid = server.process.pid!;
+    const reads = {
+      io: `io.open('/proc/${pid}/environ', 'rb').read()`,
+      pathlib: `pathlib.Path('/proc/${pid}/environ').read_bytes()`,
+      throughRoot: `pathlib.Path('/proc/self/root/proc/${pid}/environ').read_bytes()`,
+      pythonApi: "pathlib.Path('/proc/%d/environ' % tempfile._os.getppid()).read_bytes()",
+      init: "pathlib.Path('/proc/1/environ').read_bytes()",
+      cmdline: `pathlib.Path('/proc/${pid}/cmdline').read_bytes()`,
+    };
+    const code = [
+      "import io, pathlib, tempfile",
+      "out = {}",
+      ...Object.entries(reads).flatMap(([name, read]) => ["try:", `    out['${name}'] = (${read}).decode('latin-1')`, "except Exception as e:", `    out['${name}'] = type(e).__name__ + ': ' + str(e)`]),
+      "return out",
+    ].join("\n");
+    const functions = { environ: { language: "python", code }, ping: { language: "python", code: "return 'pong'" } };
+    expect((await server.deploy("py-proc", { functions })).status).toBe(200);
+    expect((await server.deploy("py-bystander", { functions: { ping: functions.ping } })).status).toBe(200);
+    const reply = await run(server, "py-proc", "environ");
+    expect(reply.status, JSON.stringify(reply.body)).toBe(200);
+    expect(Object.keys(reply.body.result)).toEqual(Object.keys(reads));
+    for (const [name, outcome] of Object.entries(reply.body.result)) expect(outcome, name).toMatch(/^PermissionError: /);
+    expect((await run(server, "py-proc", "ping")).body.result).toBe("pong");
+    expect((await run(server, "py-bystander", "ping")).body.result).toBe("pong");
+    expect((await server.request("GET", "/sys/healthcheck")).status).toBe(200);
   });
 
   it("error answers name no host path: missing modules, syntax errors, bad JSON", async () => {
