@@ -19,6 +19,8 @@ const BUFFER_LIMIT = 8 * 1024 * 1024;
 /** Answers `reached`; `/bomb` answers 16 MiB of zeros gzipped to a few KiB. */
 let target: Server;
 let targetPort: number;
+/** Requests to /hang get no answer: counted when they arrive and when their connection closes. */
+const hanging = { opened: 0, closed: 0 };
 let server: RunningServer;
 /** Every answer of the current case, checked for leaks after it. */
 let answers: Reply[] = [];
@@ -27,7 +29,10 @@ beforeAll(async () => {
   const bomb = gzipSync(Buffer.alloc(2 * BUFFER_LIMIT));
   target = createServer((req, res) => {
     if (req.url === "/bomb") res.writeHead(200, { "content-encoding": "gzip" }).end(bomb);
-    else res.end("reached");
+    else if (req.url === "/hang") {
+      hanging.opened++;
+      req.socket.once("close", () => hanging.closed++);
+    } else res.end("reached");
   });
   await new Promise<void>((resolve) => target.listen(0, "127.0.0.1", resolve));
   targetPort = (target.address() as { port: number }).port;
@@ -152,6 +157,19 @@ describe("egress policy with FUNCTIONS_EGRESS_ALLOW=127.0.0.1", () => {
     expect((await run(allowing, "py-egress", "get", { url: `http://127.0.0.1:${targetPort}/` })).body.result).toBe("reached");
     expect((await run(allowing, "py-egress", "get", { url: `http://localhost:${targetPort}/` })).body.result).toBe("reached");
     await expectRefused(allowing, "py-egress", "get", { url: `${allowing.url}/sys/healthcheck` }, /this service's own API/);
+  });
+
+  it("requests a run left in flight are closed when it answers: the server sees their connections end", async () => {
+    await deploy(allowing, "leaves", {
+      leave: "require('http').get(url).on('error', () => {});\nfetch(url).catch(() => {});\nawait new Promise((r) => setTimeout(r, 300));\nreturn 'answered';",
+    });
+    const before = { ...hanging };
+    const url = `http://127.0.0.1:${targetPort}/hang`;
+    expect((await run(allowing, "leaves", "leave", { url })).body.result).toBe("answered");
+    expect(hanging.opened - before.opened).toBe(2);
+    const deadline = Date.now() + 3000;
+    while (hanging.closed - before.closed < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(hanging.closed - before.closed).toBe(2);
   });
 
   it("a gzip bomb fetched with Content-Encoding: gzip fails the run (undici's message: 'terminated')", async () => {
