@@ -473,10 +473,10 @@ def install_audit_hook(read_roots, write_roots, check_egress, allow_local_socket
             base = getcwd()
         return resolve_(base + "/" + path)
 
-    def within(path, roots):
+    def within(path, roots, beneath=False):
         if path is not None:
             for root in roots:
-                if path == root or path.startswith(root + "/"):
+                if (path == root and not beneath) or path.startswith(root + "/"):
                     return True
         return False
 
@@ -485,8 +485,8 @@ def install_audit_hook(read_roots, write_roots, check_egress, allow_local_socket
             refuse(f"{what} {shown!r} is not allowed in functions: only the Python installation, its packages "
                    "and the scratch directory (tempfile.gettempdir()) are readable")
 
-    def check_write(path, shown, what):
-        if not within(path, write_roots):
+    def check_write(path, shown, what, beneath=False):
+        if not within(path, write_roots, beneath):
             refuse(f"{what} {shown!r} is not allowed in functions: only the scratch directory "
                    "(tempfile.gettempdir()) is writable")
 
@@ -509,7 +509,9 @@ def install_audit_hook(read_roots, write_roots, check_egress, allow_local_socket
             given = text(args[index]) if index < len(args) else None
             if given is not None:
                 dir_fd = args[fd_index] if fd_index is not None and fd_index < len(args) else -1
-                check_write(absolute(given, dir_fd), given, "removing" if event == "os.remove" else "changing")
+                # Beneath the scratch directory: the directory itself is not the function's to
+                # remove, rename, replace or chmod (the server removes it when the kernel ends).
+                check_write(absolute(given, dir_fd), given, "removing" if event == "os.remove" else "changing", True)
 
     def on_connect(args):
         sock, address = args[0], args[1]

@@ -17,6 +17,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,12 @@ def remove_scratch(path):
     """Removes a kernel's scratch directory. shutil.rmtree never follows links; directories a
     function made unwritable are reopened without following links and made writable first."""
     if not path:
+        return
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):  # replaced by a link or a file: never followed
+            os.unlink(path)
+            return
+    except OSError:
         return
     shutil.rmtree(path, ignore_errors=True)
     if not os.path.lexists(path):

@@ -437,8 +437,9 @@ class KernelAloneTest(unittest.TestCase):
             symlinked="pathlib.Path(tempfile.gettempdir(), 'l').symlink_to('/etc/passwd') or "
                       "pathlib.Path(tempfile.gettempdir(), 'l').read_text()",
             scratch="(pathlib.Path(tempfile.gettempdir()) / 'x').write_text('ok')",
+            scratch_itself="pathlib.os.rename(tempfile.gettempdir(), tempfile.gettempdir() + '-moved')",
         ))
-        for name in ("parent_environ", "passwd", "system", "kill", "listen", "metadata", "symlinked"):
+        for name in ("parent_environ", "passwd", "system", "kill", "listen", "metadata", "symlinked", "scratch_itself"):
             self.assertRegex(result[name], r"^PermissionError: .*not allowed", name)
         self.assertEqual(result["scratch"], "ok: 2")
 
