@@ -1,5 +1,5 @@
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { describe, expect, it } from "vitest";
 import { compileWorkspace } from "../../runtime/script.ts";
 import { createVm2Adapter } from "../../runtime/adapters/vm2/index.ts";
@@ -27,21 +27,34 @@ describe("vm2 run lifetime", () => {
   });
 });
 
-/** A server that takes requests and never answers: it counts requests and closed connections. */
-async function hangingServer(): Promise<{ url: string; requests: () => number; closed: () => number; close: () => Promise<void> }> {
+/**
+ * A server that takes requests and never answers: it counts requests, and closes of the
+ * connections that carried one. Raw TCP connections (no HTTP) go to `rawPort`, counted the same way.
+ */
+async function hangingServer() {
   let requests = 0;
-  let closed = 0;
-  const server: Server = createServer(() => {
+  let requestsClosed = 0;
+  let raw = 0;
+  let rawClosed = 0;
+  const server: Server = createServer((req) => {
     requests++;
+    req.socket.once("close", () => requestsClosed++);
   });
-  server.on("connection", (socket) => socket.on("close", () => closed++));
+  const rawServer = createNetServer((socket) => {
+    raw++;
+    socket.once("close", () => rawClosed++);
+  });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => rawServer.listen(0, "127.0.0.1", resolve));
   return {
-    url: `http://127.0.0.1:${port}/`,
-    requests: () => requests,
-    closed: () => closed,
-    close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
+    rawPort: (rawServer.address() as AddressInfo).port,
+    counts: () => ({ requests, requestsClosed, raw, rawClosed }),
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+      await new Promise((resolve) => rawServer.close(resolve));
+    },
   };
 }
 
@@ -63,23 +76,24 @@ describe("vm2: what a run opens ends with its answer", () => {
         functions: {
           leave: {
             code: [
-              "const http = require('http'); const net = require('net');",
-              "http.get(url);",
+              "require('http').get(url).on('error', () => {});",
               "fetch(url).catch(() => {});",
-              "const { port } = new URL(url); net.connect(Number(port), '127.0.0.1').on('error', () => {});",
+              "require('net').connect(rawPort, '127.0.0.1').on('error', () => {});",
               "await new Promise((r) => setTimeout(r, 200));",
               "return 'left';",
             ].join("\n"),
-            parameters: { url: {} },
+            parameters: { url: {}, rawPort: {} },
           },
         },
       });
-      expect(await run(adapter, ws, "leave", { url: server.url })).toMatchObject({ ok: true, result: "left" });
-      expect(server.requests()).toBe(2); // http.get and fetch reached the server; the raw socket sent nothing
-      expect(await until(() => server.closed() === 3)).toBe(true);
-      // The worker is not retired for it: its next run answers from the same workspace state.
-      expect(await run(adapter, ws, "leave", { url: server.url })).toMatchObject({ ok: true, result: "left" });
-      expect(await until(() => server.closed() === 6)).toBe(true);
+      const parameters = { url: server.url, rawPort: server.rawPort };
+      expect(await run(adapter, ws, "leave", parameters)).toMatchObject({ ok: true, result: "left" });
+      expect(server.counts()).toMatchObject({ requests: 2, raw: 1 });
+      expect(await until(() => server.counts().requestsClosed === 2 && server.counts().rawClosed === 1)).toBe(true);
+      // The worker is not retired for it: its next run does the same, and is cleaned up the same.
+      expect(await run(adapter, ws, "leave", parameters)).toMatchObject({ ok: true, result: "left" });
+      expect(server.counts()).toMatchObject({ requests: 4, raw: 2 });
+      expect(await until(() => server.counts().requestsClosed === 4 && server.counts().rawClosed === 2)).toBe(true);
     } finally {
       await adapter.dispose();
       await server.close();
@@ -111,7 +125,7 @@ describe("vm2: what a run opens ends with its answer", () => {
       const woken = await run(adapter, ws, "wake");
       expect(woken).toMatchObject({ ok: true, result: [0, "fetch refused: this run has already answered"] });
       await new Promise((r) => setTimeout(r, 100));
-      expect(server.requests()).toBe(0);
+      expect(server.counts().requests).toBe(0);
     } finally {
       await adapter.dispose();
       await server.close();

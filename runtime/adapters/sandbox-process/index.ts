@@ -153,6 +153,13 @@ export function createSandboxProcessAdapter(options: SandboxProcessAdapterOption
       : undefined;
   memoryCheck?.unref();
 
+  /** The slot's process if it is still connected, else a new one. */
+  function live(slot: number): Proc {
+    const proc = procs[slot];
+    if (proc?.child.connected) return proc;
+    return start(slot);
+  }
+
   function stop(slot: number, proc: Proc): void {
     if (procs[slot] === proc) procs[slot] = undefined;
     proc.child.kill("SIGKILL");
@@ -218,8 +225,13 @@ export function createSandboxProcessAdapter(options: SandboxProcessAdapterOption
       if (disposed) throw adapterDisposed(adapter.name);
       const { workspace } = request;
       const slot = hash(workspace.id) % count;
-      const proc = procs[slot] ?? start(slot);
+      let proc = live(slot);
       await proc.ready;
+      // It died while this run waited (its exit not handled yet): one fresh process gets the run.
+      if (!proc.child.connected) {
+        proc = live(slot);
+        await proc.ready;
+      }
       const id = nextRunId++;
       const message: Extract<ToChild, { t: "run" }> = {
         t: "run",
