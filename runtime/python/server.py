@@ -10,6 +10,7 @@ replaces dead kernels. The protocol and the semantics are in docs/python-api.md.
 """
 
 import collections
+import fcntl
 import json
 import math
 import os
@@ -18,9 +19,11 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import zlib
@@ -356,9 +359,24 @@ class Kernel:
         try:
             line = self._read_line(job.deadline)
         except EOFError:
-            job.finish(200, self._crash_outcome((time.monotonic() - started) * 1000))
-            self.restart()
-            return
+            crashed = True
+            if self._unread() >= len(frame):
+                # It died (killed while idle) before reading a byte of this run: the run never
+                # started, so a fresh kernel gets it, once.
+                self.restart()
+                if self.proc is None:
+                    raise
+                self._write(frame)
+                started = time.monotonic()
+                try:
+                    line = self._read_line(job.deadline)
+                    crashed = False
+                except EOFError:
+                    pass
+            if crashed:
+                job.finish(200, self._crash_outcome((time.monotonic() - started) * 1000))
+                self.restart()
+                return
         if line is None:
             self.kill()
             job.finish(200, outcome("timeout", "TimeoutError",
@@ -367,6 +385,13 @@ class Kernel:
             self.restart()  # after answering: the caller does not wait for the new process
             return
         job.finish(int(line[:3]), line[4:])
+
+    def _unread(self):
+        """Bytes written to the kernel that it never read (Linux FIONREAD on the pipe); 0 when unknown."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.proc.stdin.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        except (OSError, ValueError, AttributeError):
+            return 0
 
     def _crash_outcome(self, duration_ms):
         try:

@@ -325,8 +325,7 @@ describe.runIf(hasPython)("Python functions with the bundled Python API", () => 
     const before = kernels();
     expect(before).toHaveLength(POOL_SIZE);
     for (const pid of before) process.kill(pid, "SIGKILL");
-    // Dead for real before the next run. (A run sent within a few ms of the SIGKILL, while the kernel
-    // is still being torn down, is written into its pipe and reported as killed while running.)
+    // Dead for real before the next run (the run sent at once is the next test's case).
     expect(await waitFor(() => before.every((pid) => !isRunning(pid)), 5000)).toBe(true);
 
     const reply = await server.run("py-killed", "count");
@@ -338,6 +337,18 @@ describe.runIf(hasPython)("Python functions with the bundled Python API", () => 
     await server.deploy(other, { functions: { f: py("return 'alive'") } });
     expect((await server.run(other, "f")).body.result).toBe("alive");
     expect(kernels().filter((pid) => before.includes(pid))).toEqual([]);
+  });
+
+  it("a run sent right as its idle kernel is killed runs on a fresh kernel: it never started on the dead one", async () => {
+    await server.deploy("py-race", { functions: { count: py("cache['n'] = cache.get('n', 0) + 1\nreturn cache['n']") } });
+    for (let round = 0; round < 5; round++) {
+      expect((await server.run("py-race", "count")).status).toBe(200);
+      for (const pid of kernels()) process.kill(pid, "SIGKILL");
+      // No wait: the run may reach a kernel that is still being torn down (its pipe takes the write).
+      const reply = await server.run("py-race", "count");
+      expect(reply.status, JSON.stringify(reply.body)).toBe(200);
+      expect(reply.body.result).toBe(1); // a fresh kernel: the code came through the 409 handshake, the cache did not
+    }
   });
 
   it("a kernel killed during a run fails that run with KernelCrashed, and the next run works", async () => {
