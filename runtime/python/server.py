@@ -351,10 +351,7 @@ class Kernel:
         try:
             self._write(frame)
         except OSError:  # died while idle, unnoticed until now: the run did not start, so retry once
-            self.restart()
-            if self.proc is None:
-                raise
-            self._write(frame)
+            self._resend(frame)
         started = time.monotonic()
         try:
             line = self._read_line(job.deadline)
@@ -363,10 +360,7 @@ class Kernel:
             if self._unread() >= len(frame):
                 # It died (killed while idle) before reading a byte of this run: the run never
                 # started, so a fresh kernel gets it, once.
-                self.restart()
-                if self.proc is None:
-                    raise
-                self._write(frame)
+                self._resend(frame)
                 started = time.monotonic()
                 try:
                     line = self._read_line(job.deadline)
@@ -385,6 +379,13 @@ class Kernel:
             self.restart()  # after answering: the caller does not wait for the new process
             return
         job.finish(int(line[:3]), line[4:])
+
+    def _resend(self, frame):
+        """A run that never started on a dead kernel, written to its replacement."""
+        self.restart()
+        if self.proc is None:
+            raise KernelStartError(f"kernel {self.index} could not be started")
+        self._write(frame)
 
     def _unread(self):
         """Bytes written to the kernel that it never read (Linux FIONREAD on the pipe); 0 when unknown."""
