@@ -66,7 +66,14 @@ const JSON_TYPE = /^application\/(?:[\w.+-]+\+)?json\s*(?:;|$)/i;
 /** The parsed JSON body, or `undefined` when there is none. */
 export async function readJsonBody(event: H3Event, maxBytes: number): Promise<unknown> {
   const length = getRequestHeader(event, "content-length");
-  if (length !== undefined && Number(length) > maxBytes) throw tooLarge(maxBytes);
+  if (length !== undefined && Number(length) > maxBytes) {
+    // On web runtimes the body is read and dropped first (when not absurdly large): answering while
+    // the client still sends can reset the connection there (workerd), and the client would not
+    // read the 413. Node's server does this by itself.
+    const webBody = event.node?.req && !event.web?.request ? undefined : event.web?.request?.body;
+    if (webBody && Number(length) <= DISCARD_LIMIT_BYTES) await discardRest(webBody.getReader());
+    throw tooLarge(maxBytes);
+  }
   if (length === "0") return undefined;
   const bytes = await readLimited(event, maxBytes);
   if (bytes.byteLength === 0) return undefined;
