@@ -3,14 +3,18 @@
 
     python3 runtime/python/server.py        (standard library only, Python 3.10+)
 
-The Node service forwards runs to `POST /v1/run`; this server routes each workspace to one warm
-worker process ("kernel", see kernel.py) of a fixed pool, always the same one so that the
-workspace's `cache` holds, queues runs per kernel (FIFO), enforces the deadline by SIGKILL and
-replaces dead kernels. The protocol and the semantics are in docs/python-api.md.
+The Node service forwards runs to `POST /v1/run`; this server gives each workspace a warm worker
+process of its own ("kernel", see kernel.py), so that the workspace's `cache` holds and no other
+workspace shares its Python process. It keeps at most PYTHON_KERNELS_MAX of them (least recently
+used idle ones ended first, idle ones ended after PYTHON_KERNEL_IDLE_TIMEOUT), one blank kernel
+started ahead of need, queues runs per workspace (FIFO), lets KERNEL_POOL_SIZE kernels run at once,
+enforces the deadline by SIGKILL and replaces dead kernels. The protocol and the semantics are in
+docs/python-api.md.
 """
 
 import collections
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -26,7 +30,6 @@ import tempfile
 import termios
 import threading
 import time
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import confine  # beside this file: the egress settings are validated with the kernels' own code
@@ -36,6 +39,7 @@ PROTOCOL = 1
 KERNEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel.py")
 EXIT_MEMORY = 3  # kernel.py's exit code for a MemoryError it could not answer
 KERNEL_START_TIMEOUT = 30.0  # seconds for a new kernel to say it is ready
+FATAL_PENDING = 1 << (signal.SIGKILL - 1) | 1 << (signal.SIGTERM - 1)  # bits of /proc/<pid>/status SigPnd
 MAX_BODY = 64 * 1024 * 1024  # a run request carries at most one workspace's code
 
 DEFAULT_BUILTIN_MODULES = (
@@ -93,17 +97,15 @@ def load_config(env):
         "host": get("HOST", "127.0.0.1"),
         "port": integer("PORT", 8000, 0, 65535),
         "pool_size": integer("KERNEL_POOL_SIZE", os.cpu_count() or 1, 1, 1024),
+        "kernels_max": integer("PYTHON_KERNELS_MAX", 64, 1, 100000),
+        "idle_timeout_s": integer("PYTHON_KERNEL_IDLE_TIMEOUT", 3600, 1),
+        "spare": True,  # one blank kernel started ahead of need (off only in measurements)
         "builtin_modules": names("PYTHON_BUILTIN_MODULES", DEFAULT_BUILTIN_MODULES),
         "packages": names("PYTHON_PACKAGES_WHITELIST_IMPORT", DEFAULT_PACKAGES),
         "memory_mb": integer("PYTHON_MEMORY_LIMIT_MB", 256, 0),
         "timeout_ms": integer("PYTHON_FUNCTIONS_RUN_TIMEOUT", 20000, 1),
         "egress": egress,
     }
-
-
-def kernel_index(workspace, pool_size):
-    """Stable across restarts and processes (unlike hash()): a workspace always meets its cache."""
-    return zlib.crc32(workspace.encode("utf-8")) % pool_size
 
 
 def kernel_env(scratch):
@@ -164,13 +166,15 @@ def error_body(name, message):
 class Job:
     """One run waiting for, or running on, a kernel."""
 
-    __slots__ = ("body", "timeout_ms", "deadline", "done", "status", "payload")
+    __slots__ = ("workspace", "body", "timeout_ms", "deadline", "done", "status", "payload")
 
-    def __init__(self, body, timeout_ms):
+    def __init__(self, workspace, body, timeout_ms):
+        self.workspace = workspace
         self.body = body
         self.timeout_ms = timeout_ms
-        # The deadline counts from receipt, queue time included: the answer always comes within
-        # about timeoutMs, so the caller can bound its own wait.
+        # The deadline counts from receipt, waits included (behind the workspace's other runs, for
+        # a run slot, for a process): the answer always comes within about timeoutMs, so the
+        # caller can bound its own wait.
         self.deadline = time.monotonic() + timeout_ms / 1000
         self.done = threading.Event()
         self.status = None
@@ -195,38 +199,32 @@ class KernelStartError(Exception):
     pass
 
 
-class Kernel:
-    """One worker process and the thread that owns it: the thread takes jobs in order, writes each
-    to the process, waits for the answer until the job's deadline, and replaces the process when
-    it is killed or dies. Only this thread touches the process, so no lock guards it."""
+class Process:
+    """One kernel.py process: started blank (confined, ready, holding no workspace), then given to
+    one workspace for its whole life. Only the thread that holds it touches it."""
 
-    def __init__(self, index, config):
-        self.index = index
-        self.kernel_config = {
-            "memoryMb": config["memory_mb"],
-            "allowed": config["builtin_modules"] + config["packages"],
-            "egress": config["egress"],
-        }
-        self.scratch = None  # the running process's scratch directory (its TMPDIR and cwd)
-        self.confinement = None  # what the running process said it is confined by
-        self.confinement_note = None
+    serials = itertools.count(1)
+
+    def __init__(self, kernel_config):
+        self.serial = next(Process.serials)
+        self.kernel_config = kernel_config
+        self.workspace = None  # the one workspace this process ever serves (server.py enforces it)
+        self.scratch = None  # its scratch directory (its TMPDIR and cwd)
+        self.confinement = None  # what it said it is confined by
+        self.note = None
         self.proc = None
         self.poller = None
         self.buf = bytearray()
-        self.queue = collections.deque()
-        self.cond = threading.Condition()
-        self.busy = False
-        self.closing = False
-        self.restarts = 0
-        self.thread = threading.Thread(target=self._loop, name=f"kernel-{index}", daemon=True)
+        self.killed = False
+        self.kill_lock = threading.Lock()
 
-    # -- process ---------------------------------------------------------------------------------
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
 
     def spawn(self):
-        self.buf.clear()
-        self.confinement = self.confinement_note = None
         # A fresh scratch directory per process: nothing a run wrote outlives its kernel.
-        self.scratch = tempfile.mkdtemp(prefix=f"python-api-kernel-{self.index}-")
+        self.scratch = tempfile.mkdtemp(prefix=f"python-api-kernel-{self.serial}-")
         config = dict(self.kernel_config, scratchDir=self.scratch)
         try:
             self.proc = subprocess.Popen(
@@ -243,48 +241,55 @@ class Kernel:
 
     def wait_ready(self):
         try:
-            line = self._read_line(time.monotonic() + KERNEL_START_TIMEOUT)
+            line = self.read_line(time.monotonic() + KERNEL_START_TIMEOUT)
         except EOFError:
             line = None
         if line is None or not line.startswith(b"200 "):
             self.kill()
-            code = self.proc.returncode
             raise KernelStartError(
-                f"kernel {self.index} failed to start (exit code {code}); its error is above. "
+                f"a kernel failed to start (exit code {self.proc.returncode}); its error is above. "
                 "A PYTHON_MEMORY_LIMIT_MB too low for Python itself does this.")
         ready = json.loads(line[4:])
-        self.confinement, self.confinement_note = ready.get("confinement"), ready.get("note")
+        self.confinement, self.note = ready.get("confinement"), ready.get("note")
 
     def start(self):
         self.spawn()
         self.wait_ready()
+        return self
+
+    def alive(self):
+        """Running, and not about to die: a process killed a moment ago may still look alive (and
+        even read a run's bytes) until it is scheduled, so a pending SIGKILL or SIGTERM counts as
+        dead (Linux: /proc/<pid>/status)."""
+        if self.proc is None or self.killed or self.proc.poll() is not None:
+            return False
+        try:
+            with open(f"/proc/{self.proc.pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16) & FATAL_PENDING:
+                        return False
+        except (OSError, ValueError, IndexError):
+            pass  # no /proc: poll() alone
+        return True
 
     def kill(self):
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            stream.close()
-        remove_scratch(self.scratch)
-        self.scratch = None
+        """Ends the process (with its process group) and removes its scratch directory. Once: a
+        second call never signals a pid that may have been reused since."""
+        with self.kill_lock:
+            if self.proc is None or self.killed:
+                return
+            self.killed = True
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+            for stream in (self.proc.stdin, self.proc.stdout):
+                stream.close()
+            remove_scratch(self.scratch)
+            self.scratch = None
 
-    def restart(self):
-        self.kill()
-        self.restarts += 1
-        if self.closing:
-            self.proc = None
-            return
-        try:
-            self.start()
-        except (KernelStartError, OSError) as e:
-            print(f"python-api: {e}", file=sys.stderr, flush=True)
-            self.proc = None  # the next job tries again
-
-    def _read_line(self, deadline):
+    def read_line(self, deadline):
         """The kernel's next line, None past the deadline; EOFError when the kernel is gone."""
         fd = self.proc.stdout.fileno()
         scanned = 0
@@ -305,11 +310,104 @@ class Kernel:
                 raise EOFError
             self.buf += chunk
 
-    def _write(self, data):
+    def write(self, data):
         fd = self.proc.stdin.fileno()
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+
+    def unread(self):
+        """Bytes written to the kernel that it never read (Linux FIONREAD on the pipe); 0 when unknown."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.proc.stdin.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        except (OSError, ValueError, AttributeError):
+            return 0
+
+
+class Slots:
+    """KERNEL_POOL_SIZE: how many kernels run a function at the same time, handed out in arrival
+    order. A waiter gives up at its deadline."""
+
+    def __init__(self, count):
+        self.free = count
+        self.waiters = collections.deque()
+        self.lock = threading.Lock()
+
+    def acquire(self, deadline):
+        with self.lock:
+            if self.free > 0 and not self.waiters:
+                self.free -= 1
+                return True
+            handed = threading.Event()
+            self.waiters.append(handed)
+        handed.wait(max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            if handed.is_set():
+                return True
+            self.waiters.remove(handed)
+            return False
+
+    def release(self):
+        with self.lock:
+            if self.waiters:
+                self.waiters.popleft().set()  # the slot goes straight to the longest waiter
+            else:
+                self.free += 1
+
+    def waiting(self):
+        return len(self.waiters)
+
+
+class Kernel:
+    """The kernel of one workspace: a process of its own and the thread that owns it. The thread
+    takes the workspace's jobs in order, waits for a run slot, writes each job to the process,
+    waits for the answer until the job's deadline, and replaces the process when it is killed or
+    dies. Only this thread touches the process, so no lock guards it."""
+
+    def __init__(self, pool, workspace):
+        self.pool = pool
+        self.workspace = workspace
+        self.process = None  # taken from the pool on the first job
+        self.queue = collections.deque()
+        self.cond = threading.Condition()
+        self.busy = False  # a job taken from the queue and not finished yet
+        self.running = False  # holding a run slot
+        self.closing = False
+        self.last_used = time.monotonic()
+        self.thread = threading.Thread(target=self._loop, name=f"kernel-{workspace[:40]}", daemon=True)
+
+    def idle(self):
+        return not self.busy and not self.queue
+
+    # -- process ---------------------------------------------------------------------------------
+
+    def _adopt(self):
+        process = self.pool.take_process()
+        if process.workspace is not None:  # never: a process serves one workspace for its life
+            process.kill()
+            raise KernelStartError("refused a kernel process that already served another workspace")
+        process.workspace = self.workspace
+        self.process = process
+
+    def restart(self):
+        """Ends the process (timeout, crash, death) and puts a fresh one in its place, for this
+        workspace only. A failed start leaves none: the next job tries again."""
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
+            self.pool.count_restart()
+        if self.closing:
+            return
+        try:
+            self._adopt()
+        except (KernelStartError, OSError) as e:
+            print(f"python-api: {e}", file=sys.stderr, flush=True)
+
+    def _ensure_process(self):
+        if self.process is None or not self.process.alive():  # died while idle, or never started
+            self.restart()
+            if self.process is None:
+                raise KernelStartError("a kernel could not be started")
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -318,88 +416,106 @@ class Kernel:
             self.queue.append(job)
             self.cond.notify()
 
+    def close(self):
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+
     def _loop(self):
-        while True:
-            with self.cond:
-                while not self.queue and not self.closing:
-                    self.cond.wait()
-                if self.closing:
-                    for job in self.queue:
-                        job.finish(503, error_body("ShuttingDown", "the Python API is shutting down"))
-                    return
-                job = self.queue.popleft()
-                self.busy = True
-            try:
-                self._serve(job)
-            except Exception as e:  # a kernel that cannot start, or a bug of ours
-                print(f"python-api: kernel {self.index}: {e!r}", file=sys.stderr, flush=True)
-                job.finish(500, error_body("KernelError", f"the Python kernel is unavailable: {e}"))
-            finally:
-                self.busy = False
+        try:
+            while True:
+                with self.cond:
+                    while not self.queue and not self.closing:
+                        self.cond.wait()
+                    if self.closing:
+                        for job in self.queue:
+                            job.finish(503, error_body("ShuttingDown", "the Python API is shutting down"))
+                        self.queue.clear()
+                        return
+                    job = self.queue.popleft()
+                    self.busy = True
+                try:
+                    self._serve(job)
+                except Exception as e:  # a kernel that cannot start, or a bug of ours
+                    print(f"python-api: kernel of a workspace: {e!r}", file=sys.stderr, flush=True)
+                    job.finish(500, error_body("KernelError", f"the Python kernel is unavailable: {e}"))
+                finally:
+                    with self.cond:
+                        self.busy = False
+                        self.last_used = time.monotonic()
+                self.pool.trim()  # an idle kernel may now be evicted, this one included
+        finally:
+            if self.process is not None:
+                self.process.kill()
+                self.process = None
+
+    def _never_ran(self, job, why):
+        job.finish(200, outcome("timeout", "TimeoutError",
+                                f"Function exceeded its {ms(job.timeout_ms)} ms timeout while waiting {why}; "
+                                "it never ran", 0))
 
     def _serve(self, job):
+        if job.workspace != self.workspace:  # never: the pool routes by workspace id
+            job.finish(500, error_body("KernelError", "refused: a run of another workspace reached this kernel"))
+            return
         if time.monotonic() >= job.deadline:
-            job.finish(200, outcome("timeout", "TimeoutError",
-                                    f"Function exceeded its {ms(job.timeout_ms)} ms timeout while waiting "
-                                    "for its kernel (runs of a workspace are serialized)", 0))
+            self._never_ran(job, "for its kernel (runs of a workspace are serialized)")
             return
-        frame = b"%d\n%s" % (len(job.body), job.body)
-        if self.proc is None or self.proc.poll() is not None:  # died while idle, or never started
-            self.restart()
-            if self.proc is None:
-                raise KernelStartError(f"kernel {self.index} could not be started")
+        self._ensure_process()  # a process start, when needed, happens before taking a run slot
+        if not self.pool.slots.acquire(job.deadline):
+            self._never_ran(job, "for a free kernel (KERNEL_POOL_SIZE runs at a time)")
+            return
+        self.running = True
         try:
-            self._write(frame)
-        except OSError:  # died while idle, unnoticed until now: the run did not start, so retry once
-            self._resend(frame)
-        started = time.monotonic()
-        try:
-            line = self._read_line(job.deadline)
-        except EOFError:
-            crashed = True
-            if self._unread() >= len(frame):
-                # It died (killed while idle) before reading a byte of this run: the run never
-                # started, so a fresh kernel gets it, once.
-                self._resend(frame)
-                started = time.monotonic()
-                try:
-                    line = self._read_line(job.deadline)
-                    crashed = False
-                except EOFError:
-                    pass
-            if crashed:
-                job.finish(200, self._crash_outcome((time.monotonic() - started) * 1000))
-                self.restart()
+            if self.pool.closing:
+                job.finish(503, error_body("ShuttingDown", "the Python API is shutting down"))
                 return
-        if line is None:
-            self.kill()
-            job.finish(200, outcome("timeout", "TimeoutError",
-                                    f"Function exceeded its {ms(job.timeout_ms)} ms timeout",
-                                    (time.monotonic() - started) * 1000))
+            replace = self._run(job)
+        finally:
+            self.running = False
+            self.pool.slots.release()
+        if replace:
             self.restart()  # after answering: the caller does not wait for the new process
-            return
-        job.finish(int(line[:3]), line[4:])
 
-    def _resend(self, frame):
-        """A run that never started on a dead kernel, written to its replacement."""
-        self.restart()
-        if self.proc is None:
-            raise KernelStartError(f"kernel {self.index} could not be started")
-        self._write(frame)
-
-    def _unread(self):
-        """Bytes written to the kernel that it never read (Linux FIONREAD on the pipe); 0 when unknown."""
-        try:
-            return struct.unpack("i", fcntl.ioctl(self.proc.stdin.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-        except (OSError, ValueError, AttributeError):
-            return 0
+    def _run(self, job):
+        """Runs the job on the process; True when the process must be replaced afterwards."""
+        frame = b"%d\n%s" % (len(job.body), job.body)
+        # A run that provably never started (the process was dead before reading a byte of it)
+        # goes to a fresh process; twice at most, then it is a crash.
+        for attempt in range(3):
+            if attempt or not self.process.alive():  # alive: checked again, it may have died while waiting
+                self.restart()
+                if self.process is None:
+                    raise KernelStartError("a kernel could not be started")
+            started = time.monotonic()
+            try:
+                self.process.write(frame)
+            except OSError:  # died while idle, unnoticed until now: the run did not start
+                continue
+            try:
+                line = self.process.read_line(job.deadline)
+            except EOFError:
+                if attempt < 2 and self.process.unread() >= len(frame):
+                    continue  # killed just before: it never read this run
+                job.finish(200, self._crash_outcome((time.monotonic() - started) * 1000))
+                return True
+            if line is None:
+                self.process.kill()
+                job.finish(200, outcome("timeout", "TimeoutError",
+                                        f"Function exceeded its {ms(job.timeout_ms)} ms timeout",
+                                        (time.monotonic() - started) * 1000))
+                return True
+            job.finish(int(line[:3]), line[4:])
+            return False
+        raise KernelStartError("the kernel died before reading the run, three times")
 
     def _crash_outcome(self, duration_ms):
+        proc = self.process.proc
         try:
-            code = self.proc.wait(timeout=2)
+            code = proc.wait(timeout=2)
         except subprocess.TimeoutExpired:  # closed its stdout but lives on: end it
-            self.kill()
-            code = self.proc.returncode
+            self.process.kill()
+            code = proc.returncode
         if code == EXIT_MEMORY:
             return outcome("memory", "MemoryLimitError", "Function ran out of memory", duration_ms)
         if code == -signal.SIGKILL:  # not ours (we answer timeouts before killing): the OOM killer
@@ -452,40 +568,187 @@ def validate(req):
 
 
 class Pool:
+    """The kernels of the workspaces, keyed by workspace id, least recently used first; the run
+    slots (KERNEL_POOL_SIZE); one spare process started ahead of need; and the thread that keeps
+    the spare and ends idle kernels."""
+
     def __init__(self, config):
         self.config = config
-        self.kernels = [Kernel(i, config) for i in range(config["pool_size"])]
+        self.kernel_config = {
+            "memoryMb": config["memory_mb"],
+            "allowed": config["builtin_modules"] + config["packages"],
+            "egress": config["egress"],
+        }
+        self.slots = Slots(config["pool_size"])
+        self.kernels = collections.OrderedDict()  # workspace id -> Kernel, least recently used first
+        self.lock = threading.Lock()  # guards kernels, spare, counters; taken before any Kernel.cond
+        self.wake = threading.Condition(self.lock)  # the housekeeping thread waits on it
+        self.spare = None  # a started, confined, ready Process holding no workspace
+        self.spare_wanted = config["spare"]
+        self.closing = False
+        self.restarts = 0
+        self.evictions = 0
+        self.spare_misses = 0  # new workspaces or replacements that found no spare ready
+        self.last_confinement = None
+        self.housekeeper = threading.Thread(target=self._housekeeping, name="kernels-housekeeping", daemon=True)
 
     def start(self):
-        for kernel in self.kernels:  # spawn all, then wait: they boot in parallel
-            kernel.spawn()
-        for kernel in self.kernels:
-            kernel.wait_ready()
-            kernel.thread.start()
-        notes = {k.confinement_note for k in self.kernels if k.confinement_note}
-        if notes:  # once, for the operator: function code is held by the soft layer only
-            print(f"python-api: {'; '.join(sorted(notes))}; function code is confined by the audit hook only "
+        """Starts the first spare (start-up fails here when a kernel cannot start at all)."""
+        first = Process(self.kernel_config).start()
+        if first.note:  # once, for the operator: function code is held by the soft layer only
+            print(f"python-api: {first.note}; function code is confined by the audit hook only "
                   "(a soft layer, see docs/python-api.md)", file=sys.stderr, flush=True)
+        self.last_confinement = first.confinement
+        if self.spare_wanted:
+            self.spare = first
+        else:
+            first.kill()
+        self.housekeeper.start()
 
     def close(self):
-        for kernel in self.kernels:
-            with kernel.cond:
-                kernel.closing = True
-                kernel.cond.notify()
-        for kernel in self.kernels:
-            kernel.kill()
+        with self.lock:
+            self.closing = True
+            kernels = list(self.kernels.values())
+            spare, self.spare = self.spare, None
+            self.wake.notify_all()
+        for kernel in kernels:
+            kernel.close()
+        for kernel in kernels:  # ends a run in progress at once; the thread answers its queue 503
+            process = kernel.process
+            if process is not None:
+                process.kill()
+        if spare is not None:
+            spare.kill()
 
-    def confinement(self):
+    def count_restart(self):
+        with self.lock:
+            self.restarts += 1
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def take_process(self):
+        """A blank process for a kernel: the spare when one is ready (a new spare then starts in
+        the background), else one started now."""
+        with self.lock:
+            spare, self.spare = self.spare, None
+            if self.spare_wanted:
+                self.wake.notify_all()
+        if spare is not None:
+            if spare.alive():
+                return spare
+            spare.kill()  # killed from outside while it waited: clean up, start one now
+        with self.lock:
+            self.spare_misses += 1
+        return Process(self.kernel_config).start()
+
+    def _housekeeping(self):
+        """Keeps one spare ready, and ends kernels idle past PYTHON_KERNEL_IDLE_TIMEOUT."""
+        idle_timeout = self.config["idle_timeout_s"]
+        check_every = min(max(idle_timeout / 4, 0.25), 30.0)
+        failures = 0
+        while True:
+            with self.lock:
+                if not self.closing and not (self.spare_wanted and self.spare is None):
+                    self.wake.wait(check_every)
+                if self.closing:
+                    return
+                need_spare = self.spare_wanted and self.spare is None
+            self._end_idle(idle_timeout)
+            if not need_spare:
+                continue
+            try:
+                process = Process(self.kernel_config).start()
+                failures = 0
+            except (KernelStartError, OSError) as e:
+                failures += 1
+                print(f"python-api: the spare kernel: {e}", file=sys.stderr, flush=True)
+                time.sleep(min(0.5 * 2 ** failures, 30.0))
+                continue
+            with self.lock:
+                if self.closing or self.spare is not None:
+                    surplus = process
+                else:
+                    self.spare, surplus = process, None
+            if surplus is not None:
+                surplus.kill()
+
+    # -- kernels ---------------------------------------------------------------------------------
+
+    def _evict_locked(self, kernel):
+        """Removes an idle kernel (the caller checked, under its cond); its thread ends its process."""
+        del self.kernels[kernel.workspace]
+        self.evictions += 1
+        kernel.close()
+
+    def trim(self):
+        """Past PYTHON_KERNELS_MAX, ends the least recently used idle kernels. Busy ones are kept:
+        the set then stays over the cap until they are idle."""
+        with self.lock:
+            excess = len(self.kernels) - self.config["kernels_max"]
+            for kernel in list(self.kernels.values()):
+                if excess <= 0:
+                    break
+                with kernel.cond:
+                    if not kernel.idle():
+                        continue
+                self._evict_locked(kernel)
+                excess -= 1
+
+    def _end_idle(self, idle_timeout):
+        cutoff = time.monotonic() - idle_timeout
+        with self.lock:
+            for kernel in list(self.kernels.values()):
+                with kernel.cond:
+                    if not kernel.idle() or kernel.last_used > cutoff:
+                        continue
+                self._evict_locked(kernel)
+
+    def submit(self, workspace, job):
+        """Queues the job on the workspace's kernel, created when it has none."""
+        with self.lock:
+            if self.closing:
+                job.finish(503, error_body("ShuttingDown", "the Python API is shutting down"))
+                return
+            kernel = self.kernels.get(workspace)
+            if kernel is None:
+                kernel = self.kernels[workspace] = Kernel(self, workspace)
+                kernel.thread.start()
+            else:
+                self.kernels.move_to_end(workspace)
+            kernel.submit(job)  # under the pool lock: eviction cannot take it between lookup and submit
+        self.trim()
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def confinement(self, processes):
         """What the kernels are confined by: one value when they agree (they normally do)."""
-        values = sorted({k.confinement for k in self.kernels if k.confinement})
-        return values[0] if len(values) == 1 else ("mixed: " + ", ".join(values) if values else None)
+        values = sorted({p.confinement for p in processes if p.confinement})
+        if values:
+            self.last_confinement = values[0] if len(values) == 1 else "mixed: " + ", ".join(values)
+        return self.last_confinement
 
     def health(self):
-        return {"healthy": True, "protocol": PROTOCOL, "kernels": len(self.kernels),
-                "busy": sum(k.busy for k in self.kernels),
-                "queued": sum(len(k.queue) for k in self.kernels),
-                "restarts": sum(k.restarts for k in self.kernels),
-                "confinement": self.confinement()}
+        with self.lock:
+            kernels = list(self.kernels.values())
+            spare = self.spare
+            restarts, evictions, misses = self.restarts, self.evictions, self.spare_misses
+        processes = [k.process for k in kernels if k.process is not None]
+        if spare is not None:
+            processes.append(spare)
+        return {"healthy": True, "protocol": PROTOCOL,
+                "kernels": self.config["pool_size"],  # the field's meaning before per-workspace kernels
+                "poolSize": self.config["pool_size"],
+                "workspaceKernels": len(kernels),
+                "kernelsMax": self.config["kernels_max"],
+                "spare": 1 if spare is not None else 0,
+                "processes": len(processes),
+                "busy": sum(k.running for k in kernels),
+                "queued": sum(len(k.queue) for k in kernels) + self.slots.waiting(),
+                "restarts": restarts,
+                "evictions": evictions,
+                "spareMisses": misses,
+                "idleTimeoutS": self.config["idle_timeout_s"],
+                "confinement": self.confinement(processes)}
 
     def run(self, body):
         """A /v1/run body -> (status, JSON bytes)."""
@@ -499,10 +762,10 @@ class Pool:
         if req.get("functions") is not None and req["function"] not in req["functions"]:
             return 404, error_body("FunctionNotFound",
                                    f"workspace '{req['workspace']}' has no Python function '{req['function']}'")
-        job = Job(body, req.get("timeoutMs") or self.config["timeout_ms"])
+        job = Job(req["workspace"], body, req.get("timeoutMs") or self.config["timeout_ms"])
         # The kernel gets the body as received: it parses it once more, which is cheaper than
         # re-serialising it here.
-        self.kernels[kernel_index(req["workspace"], len(self.kernels))].submit(job)
+        self.submit(req["workspace"], job)
         job.done.wait()
         return job.status, job.payload
 

@@ -1,7 +1,8 @@
 """Self-test of the Python API: python3 -m unittest runtime/python/test_server.py -v
 
-Starts server.py on a free port with two kernels and talks protocol v1 to it over HTTP. The
-confinement tests also start kernel.py alone, with one layer switched off, to prove the other.
+Starts server.py on a free port (two runs at a time) and talks protocol v1 to it over HTTP; the
+placement tests start servers of their own with other settings. The confinement tests also start
+kernel.py alone, with one layer switched off, to prove the other.
 """
 
 import ctypes
@@ -18,12 +19,13 @@ import threading
 import time
 import unittest
 import uuid
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # no __pycache__ left in the source tree
 import confine  # noqa: E402
-from server import DEFAULT_BUILTIN_MODULES, ConfigError, kernel_index, load_config  # noqa: E402
+from server import DEFAULT_BUILTIN_MODULES, ConfigError, load_config  # noqa: E402
 
 POOL_SIZE = 2
 CANARY = f"canary-{uuid.uuid4()}"  # in the server's environment: no answer may ever carry it
@@ -52,26 +54,46 @@ def attempts(**tries):
     return {"code": "\n".join(lines + ["return out"])}
 
 HELLO = {"code": "return 'Hello ' + name", "parameters": {"name": {"type": "string", "default": "x"}}}
+PID = {"code": "import tempfile\nreturn tempfile._os.getpid()"}
 
 
-class PythonApiTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        env = dict(os.environ, PORT="0", HOST="127.0.0.1", KERNEL_POOL_SIZE=str(POOL_SIZE), SECRET_CANARY=CANARY,
-                   PYTHON_BUILTIN_MODULES=DEFAULT_BUILTIN_MODULES + ", zoneinfo")
-        cls.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "server.py")],
-                                    stdout=subprocess.PIPE, env=env, text=True)
-        line = cls.proc.stdout.readline()
-        assert line.startswith("python-api listening on http://127.0.0.1:"), line
-        cls.port = int(line.rsplit(":", 1)[1])
+def start_server(**settings):
+    """server.py on a free port with these settings: (process, port)."""
+    env = dict(os.environ, PORT="0", HOST="127.0.0.1", KERNEL_POOL_SIZE=str(POOL_SIZE), SECRET_CANARY=CANARY,
+               PYTHON_BUILTIN_MODULES=DEFAULT_BUILTIN_MODULES + ", zoneinfo")
+    env.update(settings)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "server.py")], stdout=subprocess.PIPE, env=env, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("python-api listening on http://127.0.0.1:"), line
+    return proc, int(line.rsplit(":", 1)[1])
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.proc.send_signal(signal.SIGTERM)
-        cls.proc.stdout.close()
-        assert cls.proc.wait(timeout=10) == 0
 
-    # -- helpers ---------------------------------------------------------------------------------
+def stop_server(proc):
+    proc.send_signal(signal.SIGTERM)
+    proc.stdout.close()
+    assert proc.wait(timeout=10) == 0
+
+
+def parent_of(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def old_kernel(workspace):
+    """The kernel a workspace was pinned to before one kernel per workspace (crc32 % 2): the
+    isolation tests pick ids that shared one then, so that they fail on a shared kernel."""
+    return zlib.crc32(workspace.encode()) % 2
+
+
+def same_old_kernel(base, other):
+    return next(f"{other}-{i}" for i in range(100) if old_kernel(f"{other}-{i}") == old_kernel(base))
+
+
+class Client:
+    """Protocol v1 requests to the server at self.port."""
+
+    port = None
 
     def request(self, method, path, body=None):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -106,6 +128,16 @@ class PythonApiTest(unittest.TestCase):
         status, answer = self.request("GET", "/v1/health")
         self.assertEqual(status, 200)
         return answer
+
+
+class PythonApiTest(Client, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.proc, cls.port = start_server()
+
+    @classmethod
+    def tearDownClass(cls):
+        stop_server(cls.proc)
 
     # -- tests -----------------------------------------------------------------------------------
 
@@ -158,8 +190,7 @@ class PythonApiTest(unittest.TestCase):
 
     def test_timeout_kills_and_replaces_while_other_kernel_serves(self):
         slow_ws = "timeout-a"
-        fast_ws = next(f"timeout-b{i}" for i in range(100)
-                       if kernel_index(f"timeout-b{i}", POOL_SIZE) != kernel_index(slow_ws, POOL_SIZE))
+        fast_ws = same_old_kernel(slow_ws, "timeout-b")  # once on the same kernel, now each on its own
         fns = {"loop": {"code": "while True: pass"}, "hello": HELLO}
         self.ok(fast_ws, "hello", {}, fns)  # loaded before, so the check below measures a warm run
         restarts = self.health()["restarts"]
@@ -235,6 +266,77 @@ class PythonApiTest(unittest.TestCase):
         self.assertEqual((status, answer["error"]), (400, "BadRequest"))
         health = self.health()
         self.assertEqual((health["healthy"], health["protocol"], health["kernels"]), (True, 1, POOL_SIZE))
+        self.assertEqual((health["poolSize"], health["kernelsMax"], health["idleTimeoutS"]), (POOL_SIZE, 64, 3600))
+        self.assertIsInstance(health["workspaceKernels"], int)
+        self.assertLessEqual(health["processes"], health["workspaceKernels"] + 1)
+
+    def test_new_variables_are_validated_naming_the_variable(self):
+        for name, value in (("PYTHON_KERNELS_MAX", "0"), ("PYTHON_KERNELS_MAX", "many"),
+                            ("PYTHON_KERNEL_IDLE_TIMEOUT", "0"), ("PYTHON_KERNEL_IDLE_TIMEOUT", "1.5"),
+                            ("KERNEL_POOL_SIZE", "0")):
+            with self.assertRaisesRegex(ConfigError, f"^invalid {name}="):
+                load_config({name: value})
+        config = load_config({"PYTHON_KERNELS_MAX": " 3 ", "PYTHON_KERNEL_IDLE_TIMEOUT": ""})
+        self.assertEqual((config["kernels_max"], config["idle_timeout_s"]), (3, 3600))
+
+    def test_each_workspace_has_a_kernel_process_of_its_own(self):
+        a = "own-a"
+        b = same_old_kernel(a, "own-b")  # once pinned to the same kernel
+        pid_a = self.ok(a, "pid", {}, {"pid": PID})["result"]
+        pid_b = self.ok(b, "pid", {}, {"pid": PID})["result"]
+        self.assertNotEqual(pid_a, pid_b)
+        self.assertEqual((parent_of(pid_a), parent_of(pid_b)), (self.proc.pid, self.proc.pid))
+        self.assertEqual(self.ok(a, "pid")["result"], pid_a)  # the same kernel on every run
+        self.assertEqual(self.ok(b, "pid")["result"], pid_b)
+
+    def test_a_workspace_cannot_reach_another_through_the_process(self):
+        victim = "victim"
+        attacker = same_old_kernel(victim, "attacker")  # once pinned to the victim's kernel
+        fns = {"keep": {"code": "cache['secret'] = secret\nglobal SHARED\nSHARED = secret\nreturn 'kept'",
+                        "parameters": {"secret": {}}},
+               "read": {"code": "import json, pathlib, tempfile\n"
+                                "main = pathlib.sys.modules['__main__']\n"
+                                "return {'cache': dict(cache), 'pid': tempfile._os.getpid(),\n"
+                                "        'main': getattr(main, 'LEAK', None), 'json': getattr(json, 'LEAK', None),\n"
+                                "        'builtin': getattr(__builtins__, 'get', dict().get)('LEAK')}"}}
+        self.assertEqual(self.ok(victim, "keep", {"secret": "s3cret"}, fns)["result"], "kept")
+        before = self.ok(victim, "read")["result"]
+        attack = {"code": "\n".join([
+            "import json, pathlib, tempfile",
+            "main = pathlib.sys.modules['__main__']",
+            "seen, out = [], {}",
+            # Every frame up the stack, the kernel's own included: its workspaces and their caches.
+            "f = pathlib.sys._getframe()",
+            "while f is not None:",
+            "    for value in list(f.f_locals.values()):",
+            "        spaces = getattr(value, 'workspaces', None)",
+            "        if isinstance(spaces, dict):",
+            "            for ws_id, ws in spaces.items():",
+            "                seen.append(ws_id)",
+            "                ws.globals['cache']['secret'] = 'stolen'",
+            "                ws.globals['SHARED'] = 'stolen'",
+            "    f = f.f_back",
+            "out['seen'] = sorted(set(seen))",
+            # Module globals everyone in this process would see, and the kernel's classes patched.
+            "main.LEAK = json.LEAK = pathlib.sys.modules['builtins'].LEAK = 'A was here'",
+            "def hijacked(self, req):",
+            "    return 200, json.dumps({'ok': True, 'result': 'hijacked', 'logs': [], 'durationMs': 0})",
+            "try:",
+            "    main.Kernel.handle = hijacked",
+            "    out['patched'] = True",
+            "except Exception as e:",
+            "    out['patched'] = repr(e)",
+            "out['pid'] = tempfile._os.getpid()",
+            "return out"])}
+        result = self.ok(attacker, "attack", {}, {"attack": attack})["result"]
+        self.assertEqual(result["seen"], [attacker])  # its own kernel holds nothing else
+        self.assertIs(result["patched"], True)  # it broke its own process, and only that
+        self.assertEqual(self.ok(attacker, "anything")["result"], "hijacked")
+        after = self.ok(victim, "read")["result"]
+        self.assertEqual(after, before)
+        self.assertEqual(after["cache"], {"secret": "s3cret"})
+        self.assertEqual((after["main"], after["json"], after["builtin"]), (None, None, None))
+        self.assertNotEqual(after["pid"], result["pid"])
 
     # -- confinement (docs/python-api.md, "Confinement") ----------------------------------------
 
@@ -329,7 +431,7 @@ class PythonApiTest(unittest.TestCase):
         text, loaded, paris, scratch = answer["result"]
         self.assertEqual((text, loaded, paris), ("round trip", [1], "2024-07-01T12:00:00+02:00"))
         self.assertEqual(answer["logs"][0]["message"], "done")
-        self.assertRegex(os.path.basename(scratch), r"^python-api-kernel-\d-")
+        self.assertRegex(os.path.basename(scratch), r"^python-api-kernel-\d+-")
         self.assertTrue(os.path.exists(os.path.join(scratch, "relative.txt")))
         # A replaced kernel takes its scratch directory with it.
         self.failed("scratch", "loop", {}, {"f": {"code": code}, "loop": {"code": "while True: pass"}},
@@ -369,6 +471,95 @@ class PythonApiTest(unittest.TestCase):
         config = load_config({"FUNCTIONS_EGRESS_ALLOW": " 10.1.2.3 , api.internal", "FUNCTIONS_SERVICE_PORT": "4000"})
         self.assertEqual(config["egress"], {"policy": "public-only", "allow": ["10.1.2.3", "api.internal"],
                                             "deny": [], "servicePort": 4000})
+
+
+class PlacementTest(Client, unittest.TestCase):
+    """Servers of their own: the kernel cap, the idle timeout and the run slots."""
+
+    def serve(self, **settings):
+        proc, self.port = start_server(**settings)
+        self.addCleanup(stop_server, proc)
+        return proc
+
+    def test_the_least_recently_used_idle_kernel_is_evicted_past_the_cap(self):
+        self.serve(PYTHON_KERNELS_MAX="2")
+        pids = {ws: self.ok(ws, "pid", {}, {"pid": PID})["result"] for ws in ("lru-a", "lru-b")}
+        self.assertEqual(self.ok("lru-a", "pid")["result"], pids["lru-a"])  # b is now the least recently used
+        pids["lru-c"] = self.ok("lru-c", "pid", {}, {"pid": PID})["result"]
+        health = self.health()
+        self.assertEqual((health["workspaceKernels"], health["kernelsMax"], health["evictions"]), (2, 2, 1))
+        # b's kernel is gone (its process too); a and c kept theirs, code and all.
+        self.assertTrue(waited(lambda: not os.path.exists(f"/proc/{pids['lru-b']}")), pids)
+        self.assertEqual(self.ok("lru-a", "pid")["result"], pids["lru-a"])
+        self.assertEqual(self.ok("lru-c", "pid")["result"], pids["lru-c"])
+        status, answer = self.run_fn("lru-b", "pid")
+        self.assertEqual((status, answer["error"]), (409, "VersionUnknown"))  # a fresh kernel
+        self.assertNotIn(self.ok("lru-b", "pid", {}, {"pid": PID})["result"], pids.values())
+
+    def test_busy_kernels_are_not_evicted_and_the_set_is_trimmed_when_they_are_idle(self):
+        self.serve(PYTHON_KERNELS_MAX="1")
+        fns = {"nap": {"code": "import time\ntime.sleep(seconds)\nreturn 'rested'", "parameters": {"seconds": {}}},
+               "pid": PID}
+        answers = {}
+        naps = [threading.Thread(target=lambda ws=ws, s=s: answers.update({ws: self.run_fn(ws, "nap", {"seconds": s}, fns)}))
+                for ws, s in (("busy-a", 0.8), ("busy-b", 1.2))]
+        for nap in naps:
+            nap.start()
+            time.sleep(0.3)
+        health = self.health()  # both busy: over the cap, nothing cut short
+        self.assertEqual((health["workspaceKernels"], health["busy"], health["evictions"]), (2, 2, 0))
+        for nap in naps:
+            nap.join(10)
+        self.assertEqual([answers[ws][1].get("result") for ws in ("busy-a", "busy-b")], ["rested", "rested"])
+        # a, the least recently used, went as soon as it was idle; b stays.
+        self.assertTrue(waited(lambda: self.health()["workspaceKernels"] == 1))
+        self.assertEqual(self.run_fn("busy-b", "pid")[0], 200)
+        self.assertEqual(self.run_fn("busy-a", "pid")[0], 409)
+
+    def test_idle_kernels_end_after_the_idle_timeout(self):
+        self.serve(PYTHON_KERNEL_IDLE_TIMEOUT="1")
+        pid = self.ok("idle", "pid", {}, {"pid": PID})["result"]
+        self.assertEqual(self.health()["workspaceKernels"], 1)
+        self.assertTrue(waited(lambda: self.health()["workspaceKernels"] == 0, 5))
+        self.assertTrue(waited(lambda: not os.path.exists(f"/proc/{pid}")))
+        self.assertEqual(self.run_fn("idle", "pid")[0], 409)
+
+    def test_pool_size_one_serializes_the_runs_of_two_workspaces(self):
+        self.serve(KERNEL_POOL_SIZE="1")
+        fns = {"nap": {"code": "import time\ntime.sleep(0.8)\nreturn time.time()"},
+               "now": {"code": "import time\nreturn time.time()"}}
+        self.ok("slot-a", "now", {}, fns)
+        self.ok("slot-b", "now", {}, fns)
+        answers = {}
+        first = threading.Thread(target=lambda: answers.update(a=self.run_fn("slot-a", "nap")))
+        started = time.time()
+        first.start()
+        time.sleep(0.2)
+        second = self.ok("slot-b", "now")["result"]  # waits for a's run to end
+        first.join(10)
+        ended_a = answers["a"][1]["result"]
+        self.assertGreaterEqual(second, ended_a)
+        self.assertGreater(second - started, 0.7)
+        # A run whose deadline passes while it waits for the slot answers that it never ran.
+        first = threading.Thread(target=lambda: answers.update(a=self.run_fn("slot-a", "nap")))
+        first.start()
+        time.sleep(0.2)
+        answer = self.failed("slot-b", "now", timeoutMs=300)
+        self.assertEqual((answer["error"]["kind"], answer["error"]["name"]), ("timeout", "TimeoutError"))
+        self.assertIn("300 ms", answer["error"]["message"])
+        self.assertIn("never ran", answer["error"]["message"])
+        first.join(10)
+        self.assertTrue(answers["a"][1]["ok"])
+        self.assertEqual(self.health()["restarts"], 0)  # nothing was killed: b's kernel never ran it
+
+
+def waited(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 class KernelAloneTest(unittest.TestCase):

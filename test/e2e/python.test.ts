@@ -2,7 +2,8 @@
  * Python functions end to end: the built service over real HTTP, with the real bundled Python API it
  * starts itself (no PYTHON_API_URL), no mocks. Covers SPEC §5 and issue 4's "what must work": mixed
  * Node/Python workspaces, Python calling Python, parameters, cache, logs, blocked imports, user
- * tracebacks, timeouts while other runs go on, killed kernels replaced, and the Python API down.
+ * tracebacks, timeouts while other runs go on, killed kernels replaced, one kernel process per
+ * workspace (a workspace cannot reach another's `cache`), and the Python API down.
  *
  * Processes are found by parentage only (the service's child `server.py`, then its `kernel.py`
  * children): other servers run on the same machine, so nothing here ever signals by name.
@@ -18,16 +19,23 @@ import { hasPython } from "../fixtures/python.ts";
 const POOL_SIZE = 2;
 const PYTHON_TIMEOUT_MS = 1500;
 
-/** The kernel the Python API routes a workspace to (server.py's `kernel_index`). */
-const kernelOf = (workspace: string) => crc32(Buffer.from(workspace, "utf8")) % POOL_SIZE;
+/**
+ * The kernel a workspace was pinned to before each workspace got a kernel process of its own
+ * (`crc32(workspace) % KERNEL_POOL_SIZE`). The tests pick ids that shared one then: a Python API
+ * that put them in one process again fails them.
+ */
+const oldKernelOf = (workspace: string) => crc32(Buffer.from(workspace, "utf8")) % POOL_SIZE;
 
-/** `base`, or `base-N`: the first id whose kernel is (or is not) `kernel`. */
-function idOnKernel(base: string, wanted: (kernel: number) => boolean): string {
-  for (let i = 0; ; i++) {
-    const id = i === 0 ? base : `${base}-${i}`;
-    if (wanted(kernelOf(id))) return id;
+/** `base-N`: the first such id that would have shared `other`'s kernel under the old pinning. */
+function idSharingOldKernel(base: string, other: string): string {
+  for (let i = 1; ; i++) {
+    const id = `${base}-${i}`;
+    if (oldKernelOf(id) === oldKernelOf(other)) return id;
   }
 }
+
+/** A function that returns the pid of the kernel process it runs in. */
+const PID = "import tempfile\nreturn tempfile._os.getpid()";
 
 /** Direct children of `pid` whose command line contains `marker`. */
 function childrenOf(pid: number, marker: string): number[] {
@@ -71,7 +79,8 @@ describe.runIf(hasPython)("Python functions with the bundled Python API", () => 
   let apiPid: number;
   let apiUrl: string;
   const kernels = () => childrenOf(apiPid, "kernel.py");
-  const health = async () => (await fetch(`${apiUrl}/v1/health`)).json() as Promise<{ kernels: number; busy: number; restarts: number }>;
+  const health = async () =>
+    (await fetch(`${apiUrl}/v1/health`)).json() as Promise<{ kernels: number; poolSize: number; workspaceKernels: number; spare: number; busy: number; restarts: number }>;
 
   beforeAll(async () => {
     server = await startServer({ PYTHON_FUNCTIONS_RUN_TIMEOUT: String(PYTHON_TIMEOUT_MS), KERNEL_POOL_SIZE: String(POOL_SIZE), FUNCTIONS_RUN_TIMEOUT: "5000" });
@@ -84,9 +93,106 @@ describe.runIf(hasPython)("Python functions with the bundled Python API", () => 
     await server?.stop();
   });
 
-  it("starts the bundled Python API with KERNEL_POOL_SIZE kernels", async () => {
-    expect(await health()).toMatchObject({ healthy: true, protocol: 1, kernels: POOL_SIZE });
-    expect(kernels()).toHaveLength(POOL_SIZE);
+  it("starts the bundled Python API with one spare kernel and KERNEL_POOL_SIZE run slots", async () => {
+    expect(await health()).toMatchObject({ healthy: true, protocol: 1, kernels: POOL_SIZE, poolSize: POOL_SIZE, kernelsMax: 64, workspaceKernels: 0, spare: 1 });
+    expect(kernels()).toHaveLength(1); // the spare: a kernel per workspace comes with its first run
+  });
+
+  it("gives each workspace a kernel process of its own, the spare first", async () => {
+    const first = "py-own";
+    const second = idSharingOldKernel("py-own", first);
+    const spare = kernels();
+    expect(spare).toHaveLength(1);
+    for (const id of [first, second]) await server.deploy(id, { functions: { pid: py(PID) } });
+    const pidFirst = (await server.run(first, "pid")).body.result;
+    expect(pidFirst).toBe(spare[0]); // the spare, taken: no process start on the first run
+    const pidSecond = (await server.run(second, "pid")).body.result;
+    expect(pidSecond).not.toBe(pidFirst);
+    expect(kernels()).toEqual(expect.arrayContaining([pidFirst, pidSecond]));
+    expect((await server.run(first, "pid")).body.result).toBe(pidFirst);
+    expect((await health()).workspaceKernels).toBe(2);
+  });
+
+  it("a workspace's function cannot read or change another workspace's `cache`, by any route", async () => {
+    const victim = "py-vault";
+    const attacker = idSharingOldKernel("py-thief", victim); // once on the victim's kernel
+    const secret = `s3cret-${process.pid}-${Date.now()}`;
+    await server.deploy(victim, {
+      functions: {
+        keep: py("import tempfile, pathlib\ncache['secret'] = secret\npathlib.Path(tempfile.gettempdir(), 'secret.txt').write_text(secret)\nreturn 'kept'", { secret: {} }),
+        read: py("import tempfile\nreturn {'cache': dict(cache), 'pid': tempfile._os.getpid()}"),
+      },
+    });
+    expect((await server.run(victim, "keep", { secret })).body.result).toBe("kept");
+    const before = (await server.run(victim, "read")).body.result;
+    expect(before.cache).toEqual({ secret });
+
+    const attack = [
+      "import json, pathlib, tempfile, glob",
+      "sys = pathlib.sys",
+      "os = tempfile._os",
+      "out = {}",
+      "def attempt(name, fn):",
+      "    try:",
+      "        out[name] = 'ok: ' + repr(fn())",
+      "    except BaseException as e:",
+      "        out[name] = type(e).__name__ + ': ' + str(e)",
+      // The kernel's own objects, up the stack: its workspaces, their namespaces and caches.
+      "def frames():",
+      "    found = {}",
+      "    f = sys._getframe()",
+      "    while f is not None:",
+      "        for value in list(f.f_locals.values()) + list(f.f_globals.values()):",
+      "            spaces = getattr(value, 'workspaces', None)",
+      "            if isinstance(spaces, dict):",
+      "                for ws_id, ws in spaces.items():",
+      "                    found.setdefault(ws_id, dict(ws.globals.get('cache', {})))",
+      "                    ws.globals.get('cache', {})['secret'] = 'stolen'",
+      "        f = f.f_back",
+      "    return found",
+      "attempt('frames', frames)",
+      // Everything the kernel's main module holds, and its classes patched for later runs.
+      "main = sys.modules['__main__']",
+      "attempt('main_module', lambda: {k: repr(v)[:200] for k, v in vars(main).items()})",
+      "def patch():",
+      "    real = main.Kernel.handle",
+      "    def handle(self, req):",
+      "        for ws in self.workspaces.values():",
+      "            ws.globals['cache']['secret'] = 'stolen'",
+      "        return real(self, req)",
+      "    main.Kernel.handle = handle",
+      "    main.Workspace.__init__ = lambda *a, **k: None",
+      "    return 'patched'",
+      "attempt('patch_kernel', patch)",
+      "attempt('module_global', lambda: setattr(json, 'STOLEN', cache) or setattr(sys.modules['builtins'], 'STOLEN', cache))",
+      "attempt('gc', lambda: [o for o in sys.modules['gc'].get_objects() if isinstance(o, dict) and 'secret' in o])",
+      "attempt('all_modules', lambda: [n for n, m in list(sys.modules.items()) if 'secret' in repr(getattr(m, '__dict__', {}))[:100000]])",
+      // Other processes and their files: the victim's scratch directory, memory, environment.
+      "attempt('scratch_dirs', lambda: glob.glob(os.path.join(os.path.dirname(tempfile.gettempdir()), 'python-api-kernel-*', '*')))",
+      "attempt('siblings', lambda: sorted(os.listdir(os.path.dirname(tempfile.gettempdir()))))",
+      "attempt('proc', lambda: sorted(os.listdir('/proc')))",
+      "attempt('proc_environ', lambda: pathlib.Path(f'/proc/{victim}/environ').read_bytes())",
+      "attempt('proc_mem', lambda: pathlib.Path(f'/proc/{victim}/mem').read_bytes()[:1])",
+      "attempt('proc_cwd', lambda: os.listdir(f'/proc/{victim}/cwd'))",
+      "attempt('signal', lambda: os.kill(victim, 9))",
+      "return out",
+    ].join("\n");
+    await server.deploy(attacker, { functions: { attack: py(attack, { victim: { type: "number" } }) } });
+    const stolen = await server.run(attacker, "attack", { victim: before.pid });
+    expect(stolen.status, JSON.stringify(stolen.body)).toBe(200);
+    const found: Record<string, string> = stolen.body.result;
+    expect(JSON.stringify(found)).not.toContain(secret);
+    expect(found.frames).toBe(`ok: {'${attacker}': {}}`); // its own kernel holds its own workspace only
+    expect(found.patch_kernel).toBe("ok: 'patched'"); // its own process: patched, and only that
+    expect(found.gc).toMatch(/^PermissionError: /);
+    for (const name of ["scratch_dirs", "siblings", "proc"]) expect(found[name], name).not.toMatch(/^ok: \[.+\]$/s);
+    for (const name of ["proc_environ", "proc_mem", "proc_cwd", "signal"]) expect(found[name], name).toMatch(/^PermissionError: /);
+
+    // The victim reads its cache back unchanged, from the same process: nothing reached it.
+    const after = await server.run(victim, "read");
+    expect(after.status).toBe(200);
+    expect(after.body.result).toEqual(before);
+    expect((await server.run(victim, "keep", { secret })).body.result).toBe("kept"); // its kernel is not patched
   });
 
   it("confines its kernels: Landlock where this system has it (the health check says which layer holds)", async () => {
@@ -285,11 +391,14 @@ describe.runIf(hasPython)("Python functions with the bundled Python API", () => 
   });
 
   it("a run that exceeds PYTHON_FUNCTIONS_RUN_TIMEOUT is a 504 TimeoutError, while other workspaces are served; then its workspace works again", async () => {
-    const spinning = idOnKernel("py-spin", () => true);
-    const other = idOnKernel("py-busy-other", (kernel) => kernel !== kernelOf(spinning));
+    const spinning = "py-spin";
+    const other = idSharingOldKernel("py-busy-other", spinning); // once queued behind the loop, now on its own kernel
     await server.deploy(spinning, { functions: { spin: py("while True:\n    pass"), ok: py("return 'ok'") } });
     await server.deploy(other, { functions: { quick: py("return n + 1", { n: { type: "number" } }), node: { code: "return 'node';" } } });
     expect((await server.run(other, "quick", { n: 0 })).status).toBe(200); // loaded: what follows is a warm run
+    expect((await server.run(other, "node")).status).toBe(200); // its Node worker too (a first Node run starts one)
+    expect((await server.run(spinning, "ok")).status).toBe(200); // its kernel too: no process starts during the loop
+    expect(await waitFor(async () => (await health()).spare === 1, 5000)).toBe(true); // nor a spare
     const restartsBefore = (await health()).restarts;
 
     const started = performance.now();
@@ -319,11 +428,14 @@ describe.runIf(hasPython)("Python functions with the bundled Python API", () => 
   }, 20_000);
 
   it("kernels killed while idle are replaced: the next run works (with a fresh cache)", async () => {
+    const other = idSharingOldKernel("py-killed-other", "py-killed");
     await server.deploy("py-killed", { functions: { count: py("cache['n'] = cache.get('n', 0) + 1\nreturn cache['n']") } });
+    await server.deploy(other, { functions: { f: py("cache['n'] = cache.get('n', 0) + 1\nreturn ['alive', cache['n']]") } });
     expect((await server.run("py-killed", "count")).body.result).toBe(1);
     expect((await server.run("py-killed", "count")).body.result).toBe(2);
+    expect((await server.run(other, "f")).body.result).toEqual(["alive", 1]);
     const before = kernels();
-    expect(before).toHaveLength(POOL_SIZE);
+    expect(before.length).toBeGreaterThanOrEqual(3); // the two workspaces' kernels and the spare, at least
     for (const pid of before) process.kill(pid, "SIGKILL");
     // Dead for real before the next run (the run sent at once is the next test's case).
     expect(await waitFor(() => before.every((pid) => !isRunning(pid)), 5000)).toBe(true);
@@ -332,10 +444,8 @@ describe.runIf(hasPython)("Python functions with the bundled Python API", () => 
     expect(reply.status, JSON.stringify(reply.body)).toBe(200);
     expect(reply.body.result).toBe(1); // the code came back through the 409 handshake; the cache did not survive
     expect(kernels().some((pid) => !before.includes(pid))).toBe(true);
-    // The other kernel is replaced on its first job, too.
-    const other = idOnKernel("py-killed-other", (kernel) => kernel !== kernelOf("py-killed"));
-    await server.deploy(other, { functions: { f: py("return 'alive'") } });
-    expect((await server.run(other, "f")).body.result).toBe("alive");
+    // The other workspace's kernel is replaced on its first job, too, with a fresh cache of its own.
+    expect((await server.run(other, "f")).body.result).toEqual(["alive", 1]);
     expect(kernels().filter((pid) => before.includes(pid))).toEqual([]);
   });
 
