@@ -257,18 +257,27 @@ class Process:
         self.wait_ready()
         return self
 
+    def running(self):
+        """Started and not reaped as dead: cheap (waitpid)."""
+        return self.proc is not None and not self.killed and self.proc.poll() is None
+
     def alive(self):
         """Running, and not about to die: a process killed a moment ago may still look alive (and
         even read a run's bytes) until it is scheduled, so a pending SIGKILL or SIGTERM counts as
-        dead (Linux: /proc/<pid>/status)."""
-        if self.proc is None or self.killed or self.proc.poll() is not None:
+        dead (Linux: /proc/<pid>/status, one read: about 15 µs)."""
+        if not self.running():
             return False
         try:
-            with open(f"/proc/{self.proc.pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16) & FATAL_PENDING:
-                        return False
-        except (OSError, ValueError, IndexError):
+            fd = os.open(f"/proc/{self.proc.pid}/status", os.O_RDONLY)
+            try:
+                status = os.read(fd, 8192)
+            finally:
+                os.close(fd)
+            for key in (b"\nSigPnd:", b"\nShdPnd:"):
+                at = status.find(key)
+                if at >= 0 and int(status[at + len(key):status.index(b"\n", at + 1)], 16) & FATAL_PENDING:
+                    return False
+        except (OSError, ValueError):
             pass  # no /proc: poll() alone
         return True
 
@@ -404,7 +413,8 @@ class Kernel:
             print(f"python-api: {e}", file=sys.stderr, flush=True)
 
     def _ensure_process(self):
-        if self.process is None or not self.process.alive():  # died while idle, or never started
+        # The cheap check here; _run looks for a pending kill just before writing.
+        if self.process is None or not self.process.running():  # died while idle, or never started
             self.restart()
             if self.process is None:
                 raise KernelStartError("a kernel could not be started")
@@ -685,6 +695,8 @@ class Pool:
         the set then stays over the cap until they are idle."""
         with self.lock:
             excess = len(self.kernels) - self.config["kernels_max"]
+            if excess <= 0:
+                return
             for kernel in list(self.kernels.values()):
                 if excess <= 0:
                     break
