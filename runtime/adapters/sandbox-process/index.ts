@@ -9,7 +9,7 @@
  *   write only its scratch directory; no child processes, no native addons, no inspector,
  * - its workers' heap limits (the process's main thread only relays runs), and a limit on the
  *   whole process's resident memory (`memoryLimitMb`): sampled every `memoryCheckMs` from
- *   /proc/<pid>/statm, and a process past it is killed (its runs answer `MemoryLimitError`).
+ *   /proc/<pid>/status, and a process past it is killed (its runs answer `MemoryLimitError`).
  * A process that dies (a native crash, a kill) fails only its in-flight runs, with a typed
  * `SandboxProcessCrashedError`, and is started again on its next run; the other processes and
  * their workspaces do not notice. If a process does not answer a run within its timeout plus
@@ -75,13 +75,13 @@ interface Proc {
   overMemory?: number;
 }
 
-const PAGE_BYTES = 4096;
-
 /** Resident bytes of a process, or undefined when /proc cannot tell (not Linux, already gone). */
 function residentBytes(pid: number | undefined): number | undefined {
   if (pid === undefined) return undefined;
   try {
-    return Number(readFileSync(`/proc/${pid}/statm`, "utf8").split(" ")[1]) * PAGE_BYTES;
+    // VmRSS is in kB whatever the page size (statm counts pages: 4 KiB here, 64 KiB on some arm64).
+    const kb = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
+    return kb === undefined ? undefined : Number(kb) * 1024;
   } catch {
     return undefined;
   }

@@ -157,9 +157,9 @@ function reserve(bytes) {
 
 for (const name of ["alloc", "allocUnsafe", "allocUnsafeSlow"]) {
   const original = Buffer[name];
-  Buffer[name] = function (size, ...rest) {
+  Buffer[name] = function (size) {
     reserve(size);
-    return original.call(this, size, ...rest);
+    return original.apply(this, arguments);
   };
 }
 
@@ -167,11 +167,15 @@ for (const name of ["alloc", "allocUnsafe", "allocUnsafeSlow"]) {
 const beat = new Float64Array(heartbeat);
 beat[0] = Date.now();
 // Over the limit at two heartbeats in a row: dead buffers have had a collection and a beat to go.
+// Function code runs only within runs (what a run left is closed with it), so an idle worker whose
+// last look was under the limit is not looked at again: 500 idle workers cost no reads.
 let beatsOver = 0;
 let memoryReported = false;
+let ranSinceBeat = false;
 setInterval(() => {
   beat[0] = Date.now();
-  if (memoryReported) return;
+  if (memoryReported || (active.size === 0 && !ranSinceBeat && beatsOver === 0)) return;
+  ranSinceBeat = false;
   beatsOver = exceedsExternal(0) ? beatsOver + 1 : 0;
   if (beatsOver < 2) return;
   memoryReported = true; // once: the host ends this worker
@@ -286,8 +290,9 @@ module.exports = function (currentRunId, reserve) {
     if (value !== null && typeof value === "object" && !(value instanceof ArrayBuffer) && !(typeof SharedArrayBuffer === "function" && value instanceof SharedArrayBuffer)) return Number(value.length) || 0;
     return 0;
   }
-  sized(ArrayBuffer, function (args) { return Math.max(Number(args[0]) || 0, Number(args[1] && args[1].maxByteLength) || 0); });
-  if (typeof SharedArrayBuffer === "function") sized(SharedArrayBuffer, function (args) { return Math.max(Number(args[0]) || 0, Number(args[1] && args[1].maxByteLength) || 0); });
+  function bufferBytes(args) { return Math.max(Number(args[0]) || 0, Number(args[1] && args[1].maxByteLength) || 0); }
+  sized(ArrayBuffer, bufferBytes);
+  if (typeof SharedArrayBuffer === "function") sized(SharedArrayBuffer, bufferBytes);
   [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array, Uint32Array, Float32Array, Float64Array, BigInt64Array, BigUint64Array].forEach(function (Ctor) {
     sized(Ctor, function (args) { return lengthOf(args[0]) * Ctor.BYTES_PER_ELEMENT; });
   });
@@ -442,6 +447,7 @@ function runIdForTimers() {
 /** A run is over: forget it, clear the timers it left and close what it opened. */
 function end(context) {
   active.delete(context.id);
+  ranSinceBeat = true;
   context.end?.(context.id);
   context.fetches?.abort(new Error("The run has ended"));
   if (context.owned) for (const [resource, close] of context.owned) close(resource);
